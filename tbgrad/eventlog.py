@@ -1,0 +1,99 @@
+"""Reads runs back with TensorBoard's own event reader.
+
+Uses ``tensorboard.backend.event_processing.event_accumulator`` (the reader
+behind ``tensorboard --logdir``), keeps every event (no reservoir sampling)
+and decodes tensors with ``tensorboard.util.tensor_util``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.util import tensor_util
+
+from tbgrad import tags
+
+SPLITS = (tags.TRAIN_DIR, tags.VALIDATION_DIR)
+_KEEP_ALL = {
+    event_accumulator.TENSORS: 0,
+    event_accumulator.SCALARS: 0,
+    event_accumulator.HISTOGRAMS: 0,
+}
+
+
+@dataclass
+class SplitData:
+    """One folder of a run (``train`` or ``validation``)."""
+
+    scalars: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    histograms: dict[str, list[tuple[int, np.ndarray]]] = field(default_factory=dict)
+    plugins: dict[str, str] = field(default_factory=dict)
+    event_files: list[str] = field(default_factory=list)
+
+    def scalar(self, tag: str) -> np.ndarray:
+        """The values of ``tag`` in step order."""
+        return np.array([v for _, v in self.scalars.get(tag, [])])
+
+    def steps(self, tag: str) -> list[int]:
+        series = self.scalars.get(tag) or self.histograms.get(tag) or []
+        return [s for s, _ in series]
+
+
+@dataclass
+class RunData:
+    """Everything a run folder holds, by split."""
+
+    path: Path
+    splits: dict[str, SplitData]
+
+    @property
+    def train(self) -> SplitData:
+        return self.splits.get(tags.TRAIN_DIR, SplitData())
+
+    @property
+    def validation(self) -> SplitData:
+        return self.splits.get(tags.VALIDATION_DIR, SplitData())
+
+
+def load_split(path: str | os.PathLike) -> SplitData:
+    """Reads every event file in ``path`` (one split of a run)."""
+    path = Path(path)
+    out = SplitData()
+    if not path.is_dir():
+        return out
+    out.event_files = sorted(p.name for p in path.iterdir() if ".tfevents." in p.name)
+    acc = event_accumulator.EventAccumulator(str(path), size_guidance=_KEEP_ALL)
+    acc.Reload()
+    for tag in acc.Tags()[event_accumulator.TENSORS]:
+        plugin = acc.SummaryMetadata(tag).plugin_data.plugin_name
+        out.plugins[tag] = plugin
+        events = acc.Tensors(tag)
+        if plugin == "histograms":
+            out.histograms[tag] = [
+                (e.step, tensor_util.make_ndarray(e.tensor_proto)) for e in events
+            ]
+        elif plugin == "scalars":
+            out.scalars[tag] = [
+                (e.step, float(tensor_util.make_ndarray(e.tensor_proto))) for e in events
+            ]
+    return out
+
+
+def load_run(run_dir: str | os.PathLike) -> RunData:
+    """Reads a run folder written by tbgrad (or Keras's TensorBoard callback)."""
+    run_dir = Path(run_dir)
+    return RunData(run_dir, {split: load_split(run_dir / split) for split in SPLITS})
+
+
+def find_runs(logdir: str | os.PathLike) -> list[Path]:
+    """Every run folder under ``logdir`` (a folder with a ``train/`` of events)."""
+    logdir = Path(logdir)
+    runs = []
+    for train in sorted(logdir.rglob(tags.TRAIN_DIR)):
+        if train.is_dir() and any(".tfevents." in p.name for p in train.iterdir()):
+            runs.append(train.parent)
+    return runs

@@ -1,0 +1,168 @@
+"""``GradientTensorBoard``: Keras's TensorBoard callback, with gradients back.
+
+The gradients logged are the ones the optimizer applied in the real training
+steps of ``model.fit``. The callback hooks the optimizer's update step (after
+loss-scale unscaling, gradient clipping and accumulation, i.e. on exactly the
+values that move the weights), accumulates per-layer statistics in
+``tf.Variable``s inside the compiled train step, and writes them once per
+epoch. Nothing is recomputed on another batch or on validation data.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Literal
+
+import keras
+import tensorflow as tf
+
+from tbgrad.hook import OptimizerHook
+from tbgrad.stats import GradientStats, kernel_layers
+from tbgrad.summary import SummaryLogger
+
+
+class GradientTensorBoard(keras.callbacks.Callback):
+    """Logs per-layer gradients and weights of ``model.fit`` to TensorBoard.
+
+    A drop-in for ``keras.callbacks.TensorBoard``: the same ``train/`` and
+    ``validation/`` folders and ``epoch_*`` scalars, plus for every layer with
+    a kernel the tags of :mod:`tbgrad.tags` (``gradients/<layer>``,
+    ``grad_mean_abs/<layer>``, ``grad_std/<layer>``, ``weights/<layer>``, ...).
+
+    Args:
+        log_dir: The run folder.
+        histogram_freq: Write the gradient and weight histograms every this
+            many epochs; 0 writes none. Scalars are written every epoch.
+        update_freq: ``"epoch"``, or an integer N to also write ``batch_*``
+            scalars every N training steps at the global step.
+
+    Example:
+        >>> model.fit(x, y, epochs=10, validation_data=(xv, yv),
+        ...           callbacks=[tbgrad.GradientTensorBoard("logs/run1")])
+    """
+
+    def __init__(
+        self,
+        log_dir: str | os.PathLike = "logs",
+        histogram_freq: int = 1,
+        update_freq: Literal["epoch"] | int = "epoch",
+    ):
+        super().__init__()
+        if isinstance(histogram_freq, bool) or not isinstance(histogram_freq, int):
+            raise TypeError(
+                f"histogram_freq must be an int. Received: histogram_freq={histogram_freq!r}"
+            )
+        if histogram_freq < 0:
+            raise ValueError(
+                "histogram_freq must be >= 0 (0 disables histograms). "
+                f"Received: histogram_freq={histogram_freq}"
+            )
+        update_freq = validate_update_freq(update_freq)
+        self.log_dir = os.fspath(log_dir)
+        self.histogram_freq = histogram_freq
+        self.update_freq = update_freq
+        self._stats: GradientStats | None = None
+        self._logger: SummaryLogger | None = None
+        self._hook = None
+        self._global_step = 0
+        if update_freq == "epoch":
+            # Keep Keras's default no-op batch hook: a callback that overrides
+            # it turns off Keras 3's asynchronous batch-end dispatch and makes
+            # every step wait for its logs.
+            self.on_train_batch_end = super().on_train_batch_end
+
+    # -- Keras hooks ----------------------------------------------------------
+
+    def on_train_begin(self, logs=None):
+        layers = kernel_layers(self.model)
+        if not layers:
+            warnings.warn(
+                f"GradientTensorBoard: model {self.model.name!r} has no layer with a "
+                "kernel; only the epoch_* scalars will be written.",
+                stacklevel=2,
+            )
+        with self.model.distribute_strategy.scope():
+            self._stats = GradientStats(layers)
+        self._logger = SummaryLogger(self.log_dir, self._stats)
+        self._global_step = 0
+        self._install_hook()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._stats.reset(capture=self._histograms_due(epoch))
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._global_step += 1
+        if self._global_step % self.update_freq == 0:
+            self._logger.write_step(self._global_step, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        train = {k: v for k, v in logs.items() if not k.startswith("val_")}
+        val = {k[4:]: v for k, v in logs.items() if k.startswith("val_")}
+        lr = _learning_rate(self.model.optimizer)
+        if lr is not None:
+            train.setdefault("learning_rate", lr)
+        self._logger.write_epoch(epoch, train, val, histograms=self._histograms_due(epoch))
+
+    def on_train_end(self, logs=None):
+        self.close()
+
+    def close(self) -> None:
+        """Restores the optimizer and flushes and closes the event files.
+
+        ``model.fit`` calls this at the end of training; call it yourself when
+        training stops by an exception (KeyboardInterrupt, say) so that every
+        finished epoch is on disk. Safe to call more than once.
+        """
+        self._remove_hook()
+        if self._logger is not None:
+            self._logger.close()
+
+    # -- helpers --------------------------------------------------------------
+
+    def _histograms_due(self, epoch: int) -> bool:
+        return bool(self.histogram_freq) and epoch % self.histogram_freq == 0
+
+    def _install_hook(self):
+        if self.model.optimizer is None:
+            raise ValueError(
+                "GradientTensorBoard needs a compiled model with an optimizer. "
+                f"Received: model.optimizer={self.model.optimizer!r}"
+            )
+        self._hook = OptimizerHook(self.model.optimizer, self._stats)
+        self._hook.install()
+        # A train function traced before this fit would not call the hook.
+        self.model.train_function = None
+        self.model.make_train_function(force=True)
+
+    def _remove_hook(self):
+        if self._hook is None:
+            return
+        self._hook.remove()
+        self._hook = None
+        # Later fits without this callback must not keep updating our stats.
+        self.model.train_function = None
+
+
+def validate_update_freq(update_freq):
+    """Returns ``update_freq`` if it is ``"epoch"`` or a positive int."""
+    if update_freq == "epoch":
+        return update_freq
+    if isinstance(update_freq, bool) or not isinstance(update_freq, int) or update_freq < 1:
+        raise ValueError(
+            "update_freq must be 'epoch' or a positive number of steps. "
+            f"Received: update_freq={update_freq!r}"
+        )
+    return update_freq
+
+
+def _learning_rate(optimizer) -> float | None:
+    try:
+        return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+    except Exception:  # noqa: BLE001 - schedules or custom optimizers: skip it.
+        return None
+
+
+__all__ = ["GradientTensorBoard"]
+

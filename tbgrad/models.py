@@ -1,0 +1,160 @@
+"""The MLP of the reference studies, with stable layer names.
+
+Hidden layers are named ``hidden_1`` ... ``hidden_N`` and the output layer
+``output``, so the same architecture gives the same TensorBoard tags in every
+run and every process (Keras 3's automatic names drift: ``dense_7``).
+"""
+
+from __future__ import annotations
+
+import keras
+
+# Short names for the initializers of the reference studies; any other Keras
+# initializer name (``glorot_normal``, ``lecun_uniform``, ...) works too.
+INITIALIZER_ALIASES = {
+    "uniform01": "RandomUniform(0, 1)",
+    "normal": "RandomNormal(0, 1)",
+    "xavier": "glorot_uniform",
+}
+NAMED_INITIALIZERS = ("uniform01", "normal", "glorot_uniform", "xavier", "he_uniform")
+NAMED_ACTIVATIONS = ("sigmoid", "tanh", "relu")
+
+
+def make_initializer(name: str, seed: int | None = None) -> keras.initializers.Initializer:
+    """Returns a fresh Keras initializer for ``name``.
+
+    ``uniform01`` is ``RandomUniform(0, 1)``, ``normal`` is
+    ``RandomNormal(0, 1)``, ``xavier`` is ``glorot_uniform``; any other name
+    is looked up with ``keras.initializers.get``.
+    """
+    if name == "uniform01":
+        return keras.initializers.RandomUniform(0.0, 1.0, seed=seed)
+    if name == "normal":
+        return keras.initializers.RandomNormal(0.0, 1.0, seed=seed)
+    if name == "xavier":
+        name = "glorot_uniform"
+    try:
+        init = keras.initializers.get(name)
+    except (ValueError, TypeError):
+        raise ValueError(
+            f"Unknown initializer {name!r}; valid choices: "
+            f"{', '.join(NAMED_INITIALIZERS)} or any Keras initializer name. "
+            f"Received: init={name!r}"
+        ) from None
+    if seed is not None and hasattr(init, "seed"):
+        config = init.get_config()
+        config["seed"] = seed
+        init = init.__class__.from_config(config)
+    return init
+
+
+def check_activation(name: str) -> str:
+    """Returns ``name`` if Keras knows the activation, else raises ValueError."""
+    try:
+        keras.activations.get(name)
+    except (ValueError, TypeError):
+        raise ValueError(
+            f"Unknown activation {name!r}; valid choices: "
+            f"{', '.join(NAMED_ACTIVATIONS)} or any Keras activation name. "
+            f"Received: act={name!r}"
+        ) from None
+    return name
+
+
+def default_output_init(init: str) -> str:
+    """The output layer's initializer when none is given.
+
+    The output layer is a sigmoid unit: it keeps the hidden layers'
+    initializer, except that He initializers (designed for relu) give way to
+    Keras's default, ``glorot_uniform``, as in study A's A3 to A5.
+    """
+    return "glorot_uniform" if init.startswith("he_") else init
+
+
+def build_mlp(
+    depth: int = 5,
+    width: int = 5,
+    activation: str = "relu",
+    init: str = "he_uniform",
+    output_init: str | None = None,
+    input_dim: int = 2,
+    seed: int | None = None,
+) -> keras.Sequential:
+    """Builds ``input -> depth x Dense(width, activation) -> Dense(1, sigmoid)``.
+
+    Args:
+        depth: Number of hidden layers (>= 1).
+        width: Units per hidden layer (>= 1).
+        activation: Any Keras activation name.
+        init: Kernel initializer of the hidden layers (see
+            :func:`make_initializer`).
+        output_init: Kernel initializer of the output layer; default
+            :func:`default_output_init` of ``init``.
+        input_dim: Number of input features.
+        seed: Seed of the initializers (each layer gets ``seed + i``); None
+            uses Keras's global seed (``keras.utils.set_random_seed``).
+
+    Example:
+        >>> model = build_mlp(depth=5, width=5, activation="tanh", init="uniform01")
+        >>> [layer.name for layer in model.layers]
+        ['hidden_1', 'hidden_2', 'hidden_3', 'hidden_4', 'hidden_5', 'output']
+    """
+    for label, value in (("depth", depth), ("width", width), ("input_dim", input_dim)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{label} must be an int. Received: {label}={value!r}")
+        if value < 1:
+            raise ValueError(f"{label} must be >= 1. Received: {label}={value}")
+    check_activation(activation)
+    output_init = output_init or default_output_init(init)
+
+    def layer_seed(i):
+        return None if seed is None else seed + i
+
+    layers = [keras.Input((input_dim,), name="inputs")]
+    for i in range(1, depth + 1):
+        layers.append(
+            keras.layers.Dense(
+                width,
+                activation=activation,
+                kernel_initializer=make_initializer(init, layer_seed(i)),
+                name=f"hidden_{i}",
+            )
+        )
+    layers.append(
+        keras.layers.Dense(
+            1,
+            activation="sigmoid",
+            kernel_initializer=make_initializer(output_init, layer_seed(depth + 1)),
+            name="output",
+        )
+    )
+    return keras.Sequential(layers, name="mlp")
+
+
+def make_optimizer(
+    name: str, learning_rate: float | None = None, momentum: float = 0.0
+) -> keras.optimizers.Optimizer:
+    """Returns a new optimizer (never share one across models in Keras 3).
+
+    Args:
+        name: ``sgd``, ``rmsprop`` or ``adam``.
+        learning_rate: None takes the default: 0.01 for SGD (study A), Keras's
+            0.001 for RMSprop and Adam.
+        momentum: SGD's and RMSprop's momentum.
+    """
+    if name == "sgd":
+        lr = 0.01 if learning_rate is None else learning_rate
+        return keras.optimizers.SGD(learning_rate=lr, momentum=momentum)
+    if name == "rmsprop":
+        lr = 0.001 if learning_rate is None else learning_rate
+        return keras.optimizers.RMSprop(learning_rate=lr, momentum=momentum)
+    if name == "adam":
+        lr = 0.001 if learning_rate is None else learning_rate
+        return keras.optimizers.Adam(learning_rate=lr)
+    raise ValueError(
+        f"Unknown optimizer {name!r}; valid choices: {', '.join(OPTIMIZERS)}. "
+        f"Received: optimizer={name!r}"
+    )
+
+
+OPTIMIZERS = ("sgd", "rmsprop", "adam")

@@ -1,0 +1,225 @@
+"""Per-layer kernel-gradient statistics, accumulated inside the train step.
+
+:class:`GradientStats` owns a few ``tf.Variable``s that the compiled train
+step updates with the gradients the optimizer is about to apply. Both the
+callback (through a hook on the optimizer) and the tape loop (directly) call
+:meth:`GradientStats.update`, so the two paths compute identical numbers.
+
+Per step and per layer it adds mean |g| and std(g) of the kernel gradient and
+the number of non-finite entries; at the first step of an epoch it also keeps
+a copy of every kernel gradient for the histogram. The hot path is a handful
+of reductions per layer and one ``assign_add``; the finite-only recount runs
+only in steps whose gradients hold a NaN or an Inf.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+# Columns of the per-layer statistics matrix.
+MEAN_ABS, STD, NONFINITE = 0, 1, 2
+N_STATS = 3
+
+
+@dataclass(frozen=True)
+class KernelLayer:
+    """A layer whose kernel tbgrad logs: its tag name and kernel variable."""
+
+    name: str
+    kernel: keras.Variable
+
+
+def kernel_layers(model: keras.Model) -> list[KernelLayer]:
+    """Returns the layers of ``model`` (nested ones included) that have a kernel.
+
+    Layers without a trainable ``kernel`` (Dropout, BatchNormalization,
+    Flatten, ...) are skipped. Names are the layers' own names; where two
+    kernel layers share a name, the kernel's path (less its last part) is
+    used so that tags never collide.
+    """
+    found: list[tuple[str, keras.Variable]] = []
+    seen: set[int] = set()
+    for layer in _walk(model):
+        kernel = getattr(layer, "kernel", None)
+        if kernel is None or not getattr(kernel, "trainable", False):
+            continue
+        if id(kernel) in seen:
+            continue
+        seen.add(id(kernel))
+        found.append((layer.name, kernel))
+    names = [name for name, _ in found]
+    out = []
+    for name, kernel in found:
+        if names.count(name) > 1:
+            name = kernel.path.rsplit("/", 1)[0]
+        out.append(KernelLayer(name=name, kernel=kernel))
+    return out
+
+
+def _walk(layer):
+    # Depth-first over tracked sub-layers, so subclassed models and nested
+    # Sequential/functional models are covered as well as plain ones.
+    for sub in getattr(layer, "_layers", None) or getattr(layer, "layers", []):
+        yield sub
+        yield from _walk(sub)
+
+
+class GradientStats:
+    """Accumulates per-layer kernel-gradient statistics over an epoch.
+
+    Args:
+        layers: The layers to track, from :func:`kernel_layers`.
+
+    Create it in the distribution strategy's scope (if any): its variables
+    are then mirrored and updated by the first replica only.
+    """
+
+    def __init__(self, layers: list[KernelLayer]):
+        self.layers = list(layers)
+        self.names = [layer.name for layer in self.layers]
+        n = max(len(self.layers), 1)
+        kwargs = dict(
+            trainable=False,
+            synchronization=tf.VariableSynchronization.ON_WRITE,
+            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+        )
+        # Running sums over the epoch's steps: [mean|g|, std(g), #nonfinite].
+        self._sums = tf.Variable(tf.zeros([n, N_STATS]), name="tbgrad_sums", **kwargs)
+        # The last step's statistics, for per-step (update_freq=N) scalars.
+        self._last = tf.Variable(tf.zeros([n, N_STATS]), name="tbgrad_last", **kwargs)
+        self._steps = tf.Variable(
+            tf.constant(0, tf.int64), name="tbgrad_steps", **kwargs
+        )
+        # Whether to keep the epoch's first gradients for the histograms.
+        self._capture = tf.Variable(True, name="tbgrad_capture", **kwargs)
+        self._captured = [
+            tf.Variable(
+                tf.zeros(layer.kernel.shape, layer.kernel.dtype),
+                name=f"tbgrad_grad_{i}",
+                **kwargs,
+            )
+            for i, layer in enumerate(self.layers)
+        ]
+        self._index = {id(layer.kernel): i for i, layer in enumerate(self.layers)}
+        self._path_index = {layer.kernel.path: i for i, layer in enumerate(self.layers)}
+
+    # -- inside the compiled train step ------------------------------------
+
+    def update(self, grads, variables) -> None:
+        """Adds one training step's gradients (call inside the train step).
+
+        Args:
+            grads: The gradients the optimizer applies, aligned with
+                ``variables``.
+            variables: The trainable variables they belong to.
+        """
+        kernel_grads = self._select(grads, variables)
+        if kernel_grads is None:
+            return
+        replica = tf.distribute.get_replica_context()
+        if replica is not None and replica.num_replicas_in_sync > 1:
+            # The optimizer all-reduces (sums) the replicas' gradients after
+            # this point; reduce our copy the same way so that what we log is
+            # what is applied to the weights.
+            kernel_grads = replica.all_reduce(tf.distribute.ReduceOp.SUM, kernel_grads)
+        kernel_grads = [tf.convert_to_tensor(g) for g in kernel_grads]
+        step = tf.stack([_fast_stats(g) for g in kernel_grads])
+        step = tf.cond(
+            tf.reduce_all(tf.math.is_finite(step)),
+            lambda: step,
+            lambda: tf.stack([_finite_stats(g) for g in kernel_grads]),
+        )
+        first = tf.logical_and(tf.equal(self._steps, 0), self._capture)
+
+        def capture():
+            for var, g in zip(self._captured, kernel_grads):
+                var.assign(tf.cast(g, var.dtype))
+            return tf.constant(True)
+
+        # One cond for all layers: the copy is made once per epoch, not per step.
+        captured = tf.cond(first, capture, lambda: tf.constant(False))
+        with tf.control_dependencies([captured]):
+            self._sums.assign_add(step)
+            self._last.assign(step)
+            self._steps.assign_add(1)
+
+    def _select(self, grads, variables):
+        grads = list(grads)
+        out = [None] * len(self.layers)
+        for g, v in zip(grads, variables):
+            i = self._index.get(id(v))
+            if i is None:
+                i = self._path_index.get(getattr(v, "path", None))
+            if i is not None and g is not None:
+                if isinstance(g, tf.IndexedSlices):
+                    g = tf.convert_to_tensor(g)
+                out[i] = g
+        if not self.layers or any(g is None for g in out):
+            # A kernel without a gradient (frozen, or not on the loss path):
+            # log it as zeros rather than drop the layer from the tags.
+            if not self.layers or all(g is None for g in out):
+                return None
+            out = [
+                tf.zeros(layer.kernel.shape, layer.kernel.dtype) if g is None else g
+                for g, layer in zip(out, self.layers)
+            ]
+        return out
+
+    # -- between epochs (eager) -------------------------------------------
+
+    def reset(self, capture: bool = True) -> None:
+        """Starts a new epoch; ``capture`` keeps its first gradients."""
+        self._sums.assign(tf.zeros_like(self._sums))
+        self._steps.assign(0)
+        self._capture.assign(capture)
+
+    def epoch_stats(self) -> dict[str, np.ndarray]:
+        """The epoch's per-layer statistics as numpy arrays (eager)."""
+        stats = self.epoch_tensors()
+        return {key: value.numpy() for key, value in stats.items()}
+
+    def epoch_tensors(self) -> dict[str, tf.Tensor]:
+        """The epoch's per-layer statistics as tensors (graph or eager)."""
+        steps = tf.cast(tf.maximum(self._steps, 1), tf.float32)
+        sums = self._sums.read_value()
+        return {
+            "grad_mean_abs": sums[:, MEAN_ABS] / steps,
+            "grad_std": sums[:, STD] / steps,
+            "grad_nonfinite": sums[:, NONFINITE],
+            "steps": self._steps.read_value(),
+        }
+
+    def last_step_tensors(self) -> tf.Tensor:
+        """The last step's per-layer mean |g| (graph or eager)."""
+        return self._last.read_value()[:, MEAN_ABS]
+
+    def captured_gradients(self) -> list[tf.Variable]:
+        """The kept first-step gradient of every layer."""
+        return self._captured
+
+
+def _fast_stats(g: tf.Tensor) -> tf.Tensor:
+    g = tf.cast(g, tf.float32)
+    mean = tf.reduce_mean(g)
+    mean_abs = tf.reduce_mean(tf.abs(g))
+    mean_sq = tf.reduce_mean(tf.square(g))
+    std = tf.sqrt(tf.maximum(mean_sq - tf.square(mean), 0.0))
+    return tf.stack([mean_abs, std, tf.constant(0.0)])
+
+
+def _finite_stats(g: tf.Tensor) -> tf.Tensor:
+    # The statistics of the finite entries, and how many entries were not.
+    g = tf.cast(g, tf.float32)
+    finite = tf.math.is_finite(g)
+    gf = tf.where(finite, g, tf.zeros_like(g))
+    n = tf.reduce_sum(tf.cast(finite, tf.float32))
+    total = tf.cast(tf.size(g), tf.float32)
+    mean = tf.math.divide_no_nan(tf.reduce_sum(gf), n)
+    mean_abs = tf.math.divide_no_nan(tf.reduce_sum(tf.abs(gf)), n)
+    mean_sq = tf.math.divide_no_nan(tf.reduce_sum(tf.square(gf)), n)
+    std = tf.sqrt(tf.maximum(mean_sq - tf.square(mean), 0.0))
+    return tf.stack([mean_abs, std, total - n])

@@ -1,0 +1,95 @@
+"""The tag contract: every TensorBoard tag tbgrad writes, in one place.
+
+Both training paths (the ``model.fit`` callback and the GradientTape loop)
+write through :mod:`tbgrad.summary`, which takes its names from here, so a
+run logged either way shows the same tags in the same folders.
+
+Layout of a run folder::
+
+    <run>/train/       epoch_* scalars, gradient and weight tags
+    <run>/validation/  epoch_* scalars of the validation data
+
+Per-layer tags use the layer's name (``hidden_1``, ..., ``output`` for
+models built by :func:`tbgrad.build_mlp`).
+"""
+
+from __future__ import annotations
+
+TRAIN_DIR = "train"
+VALIDATION_DIR = "validation"
+
+# Per-layer tag families. The key is the family, the value what it holds.
+GRADIENTS = "gradients"
+GRAD_MEAN_ABS = "grad_mean_abs"
+GRAD_STD = "grad_std"
+GRAD_NONFINITE = "grad_nonfinite"
+WEIGHTS = "weights"
+WEIGHT_MEAN = "weight_mean"
+WEIGHT_STD = "weight_std"
+WEIGHT_L1 = "weight_l1"
+
+# Per-step (update_freq=N) variant of the gradient magnitude, at the global
+# step, like Keras's ``batch_loss`` next to ``epoch_loss``.
+BATCH_GRAD_MEAN_ABS = "batch_grad_mean_abs"
+
+EPOCH_PREFIX = "epoch_"
+BATCH_PREFIX = "batch_"
+
+HISTOGRAM_FAMILIES = (GRADIENTS, WEIGHTS)
+EPOCH_SCALAR_FAMILIES = (
+    GRAD_MEAN_ABS,
+    GRAD_STD,
+    GRAD_NONFINITE,
+    WEIGHT_MEAN,
+    WEIGHT_STD,
+    WEIGHT_L1,
+)
+
+# What each per-layer family means; the README's tag table is built from it.
+DESCRIPTIONS = {
+    GRADIENTS: "histogram of the kernel gradient the optimizer applied in the "
+    "first training step of the epoch",
+    GRAD_MEAN_ABS: "mean |g| of the kernel gradient, averaged over every "
+    "training step of the epoch",
+    GRAD_STD: "standard deviation of the kernel gradient, averaged over every "
+    "training step of the epoch",
+    GRAD_NONFINITE: "number of non-finite (NaN or Inf) kernel-gradient entries, "
+    "summed over every training step of the epoch",
+    WEIGHTS: "histogram of the kernel at the end of the epoch",
+    WEIGHT_MEAN: "mean of the kernel at the end of the epoch",
+    WEIGHT_STD: "standard deviation of the kernel at the end of the epoch",
+    WEIGHT_L1: "L1 norm (sum of |w|) of the kernel at the end of the epoch",
+    BATCH_GRAD_MEAN_ABS: "mean |g| of the kernel gradient of one training "
+    "step, at the global step (only with an integer update_freq)",
+}
+
+
+def layer_tag(family: str, layer: str) -> str:
+    """Returns the tag of ``family`` for ``layer``, e.g. ``gradients/hidden_1``."""
+    return f"{family}/{layer}"
+
+
+def epoch_tag(metric: str) -> str:
+    """Returns the per-epoch tag of a Keras metric, e.g. ``epoch_loss``."""
+    return f"{EPOCH_PREFIX}{metric}"
+
+
+def batch_tag(metric: str) -> str:
+    """Returns the per-step tag of a Keras metric, e.g. ``batch_loss``."""
+    return f"{BATCH_PREFIX}{metric}"
+
+
+def layer_tags(layers: list[str], histograms: bool = True) -> dict[str, str]:
+    """Returns {tag: plugin} of the per-epoch layer tags for ``layers``.
+
+    ``plugin`` is ``"histograms"`` or ``"scalars"``, the TensorBoard plugin
+    that shows the tag.
+    """
+    tags: dict[str, str] = {}
+    for layer in layers:
+        if histograms:
+            for family in HISTOGRAM_FAMILIES:
+                tags[layer_tag(family, layer)] = "histograms"
+        for family in EPOCH_SCALAR_FAMILIES:
+            tags[layer_tag(family, layer)] = "scalars"
+    return tags

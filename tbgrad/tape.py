@@ -1,0 +1,225 @@
+"""``train_with_tape``: a compiled GradientTape loop that logs like the callback.
+
+The whole epoch runs inside one ``tf.function`` (the dataset is iterated in
+the graph), so a Python-level step costs nothing; each step computes the
+gradients with ``tf.GradientTape`` and applies them with the optimizer, whose
+update step feeds :class:`GradientStats` through the same
+:class:`~tbgrad.hook.OptimizerHook` the callback uses. The epoch's summaries
+go through the same :class:`SummaryLogger`, so the tags and the folder layout
+are those of :class:`tbgrad.GradientTensorBoard`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Literal
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tbgrad.gradient_tensorboard import validate_update_freq
+from tbgrad.hook import OptimizerHook
+from tbgrad.stats import GradientStats, kernel_layers
+from tbgrad.summary import SummaryLogger
+
+
+def train_with_tape(
+    model: keras.Model,
+    x,
+    y,
+    *,
+    epochs: int = 1,
+    batch_size: int = 32,
+    optimizer: str | keras.optimizers.Optimizer = "rmsprop",
+    loss: str | keras.losses.Loss = "binary_crossentropy",
+    metrics: Sequence[str] = ("accuracy",),
+    validation_data: tuple | None = None,
+    log_dir: str | os.PathLike | None = None,
+    histogram_freq: int = 1,
+    update_freq: Literal["epoch"] | int = "epoch",
+    shuffle: bool = True,
+    shuffle_buffer: int | None = None,
+    seed: int | None = None,
+    verbose: int = 1,
+) -> dict[str, list[float]]:
+    """Trains ``model`` with a compiled GradientTape loop and logs its gradients.
+
+    Args:
+        model: A built Keras model.
+        x, y: Training inputs and targets (arrays).
+        epochs: Passes over the training data.
+        batch_size: Samples per step.
+        optimizer: An optimizer name (a fresh one is made) or a new optimizer
+            instance. Keras 3 optimizers cannot be shared between models.
+        loss: A Keras loss name or instance.
+        metrics: Metric names; ``"accuracy"`` picks binary or sparse
+            categorical accuracy from the output width.
+        validation_data: ``(x_val, y_val)``, evaluated after every epoch.
+        log_dir: The run folder; None trains without logging.
+        histogram_freq: Histograms every this many epochs (0: none).
+        update_freq: ``"epoch"`` or an integer N: ``batch_*`` scalars every N
+            steps at the global step.
+        shuffle: Reshuffle the training data every epoch.
+        shuffle_buffer: The shuffle buffer (default: the whole data set).
+        seed: Seed of the shuffling.
+        verbose: 0 silent, 1 a progress bar over the epochs.
+
+    Returns:
+        The history: ``{"loss": [...], "accuracy": [...], "val_loss": ...}``.
+
+    Example:
+        >>> model = tbgrad.build_mlp(depth=4, activation="tanh", init="normal")
+        >>> history = tbgrad.train_with_tape(
+        ...     model, x, y, epochs=100, optimizer="rmsprop", log_dir="logs/tape")
+    """
+    _check_positive_int("epochs", epochs)
+    _check_positive_int("batch_size", batch_size)
+    if isinstance(histogram_freq, bool) or not isinstance(histogram_freq, int):
+        raise TypeError(f"histogram_freq must be an int. Received: histogram_freq={histogram_freq!r}")
+    if histogram_freq < 0:
+        raise ValueError(f"histogram_freq must be >= 0. Received: histogram_freq={histogram_freq}")
+    update_freq = validate_update_freq(update_freq)
+    if shuffle_buffer is not None:
+        _check_positive_int("shuffle_buffer", shuffle_buffer)
+
+    x = np.asarray(x, dtype="float32")
+    y = np.asarray(y, dtype="float32")
+    if len(x) != len(y):
+        raise ValueError(f"x and y differ in length. Received: len(x)={len(x)}, len(y)={len(y)}")
+    if isinstance(optimizer, str):
+        optimizer = keras.optimizers.get(optimizer)
+    loss_fn = keras.losses.get(loss) if isinstance(loss, str) else loss
+    if not model.built:
+        model.build((None,) + x.shape[1:])
+    out_units = int(model.outputs[0].shape[-1]) if getattr(model, "outputs", None) else 1
+    metric_objs = [_metric(name, out_units) for name in metrics]
+    loss_tracker = keras.metrics.Mean(name="loss")
+
+    stats = GradientStats(kernel_layers(model))
+    logger = SummaryLogger(log_dir, stats) if log_dir is not None else None
+
+    n = len(x)
+    train_ds = tf.data.Dataset.from_tensor_slices((x, y))
+    if shuffle:
+        train_ds = train_ds.shuffle(shuffle_buffer or n, seed=seed, reshuffle_each_iteration=True)
+    train_ds = train_ds.batch(batch_size).prefetch(2)
+    val_ds = None
+    if validation_data is not None:
+        xv, yv = (np.asarray(a, dtype="float32") for a in validation_data)
+        val_ds = tf.data.Dataset.from_tensor_slices((xv, yv)).batch(batch_size)
+
+    global_step = tf.Variable(0, dtype=tf.int64, trainable=False)
+    log_steps = logger is not None and update_freq != "epoch"
+
+    def compute_loss(yb, pred):
+        yb = tf.reshape(yb, tf.shape(pred)) if out_units == 1 else yb
+        value = tf.reduce_mean(loss_fn(yb, pred))
+        if model.losses:
+            value += tf.add_n(model.losses)
+        return value
+
+    def train_step(xb, yb):
+        with tf.GradientTape() as tape:
+            pred = model(xb, training=True)
+            value = compute_loss(yb, pred)
+        variables = model.trainable_variables
+        grads = tape.gradient(value, variables)
+        optimizer.apply(grads, variables)
+        weight = tf.cast(tf.shape(xb)[0], tf.float32)
+        loss_tracker.update_state(value, sample_weight=weight)
+        for metric in metric_objs:
+            metric.update_state(tf.reshape(yb, tf.shape(pred)) if out_units == 1 else yb, pred)
+        global_step.assign_add(1)
+        if log_steps:
+            # The per-step summaries are written in the graph, at the global
+            # step, only on the steps update_freq selects.
+            logger.write_step_in_graph(
+                global_step,
+                # Running epoch averages, like the batch_* logs of model.fit.
+                {"loss": loss_tracker.result(), **{m.name: m.result() for m in metric_objs}},
+                tf.equal(global_step % update_freq, 0),
+            )
+
+    @tf.function
+    def train_epoch(dataset):
+        for xb, yb in dataset:
+            train_step(xb, yb)
+
+    @tf.function
+    def evaluate(dataset):
+        for xb, yb in dataset:
+            pred = model(xb, training=False)
+            weight = tf.cast(tf.shape(xb)[0], tf.float32)
+            loss_tracker.update_state(compute_loss(yb, pred), sample_weight=weight)
+            for metric in metric_objs:
+                metric.update_state(tf.reshape(yb, tf.shape(pred)) if out_units == 1 else yb, pred)
+
+    history: dict[str, list[float]] = {}
+    progbar = keras.utils.Progbar(epochs, verbose=verbose, unit_name="epoch") if verbose else None
+    hook = OptimizerHook(optimizer, stats)
+    hook.install()
+    try:
+        if logger is not None and log_steps:
+            logger.writer("train")  # created eagerly, used inside the graph
+        for epoch in range(epochs):
+            stats.reset(capture=bool(histogram_freq) and epoch % histogram_freq == 0)
+            _reset(loss_tracker, metric_objs)
+            train_epoch(train_ds)
+            train_logs = _results(loss_tracker, metric_objs)
+            val_logs = {}
+            if val_ds is not None:
+                _reset(loss_tracker, metric_objs)
+                evaluate(val_ds)
+                val_logs = _results(loss_tracker, metric_objs)
+            for key, value in train_logs.items():
+                history.setdefault(key, []).append(value)
+            for key, value in val_logs.items():
+                history.setdefault(f"val_{key}", []).append(value)
+            if logger is not None:
+                lr = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+                logger.write_epoch(
+                    epoch,
+                    {**train_logs, "learning_rate": lr},
+                    val_logs,
+                    histograms=bool(histogram_freq) and epoch % histogram_freq == 0,
+                )
+            if progbar is not None:
+                values = list(train_logs.items()) + [(f"val_{k}", v) for k, v in val_logs.items()]
+                progbar.update(epoch + 1, values=values, finalize=epoch + 1 == epochs)
+    finally:
+        hook.remove()
+        if logger is not None:
+            logger.close()
+    return history
+
+
+def _metric(name, out_units: int):
+    if name in ("accuracy", "acc"):
+        if out_units == 1:
+            return keras.metrics.BinaryAccuracy(name="accuracy")
+        return keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+    if isinstance(name, str):
+        return keras.metrics.get(name)
+    return name
+
+
+def _reset(loss_tracker, metrics):
+    loss_tracker.reset_state()
+    for metric in metrics:
+        metric.reset_state()
+
+
+def _results(loss_tracker, metrics) -> dict[str, float]:
+    out = {"loss": float(loss_tracker.result())}
+    for metric in metrics:
+        out[metric.name] = float(metric.result())
+    return out
+
+
+def _check_positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int. Received: {name}={value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1. Received: {name}={value}")
