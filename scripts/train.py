@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Train an MLP from flags and log per-layer gradients to TensorBoard.
 
-    python scripts/train.py --act tanh --init uniform01
-    tensorboard --logdir logs
+python scripts/train.py --act tanh --init uniform01
+tensorboard --logdir logs
 """
 
 import sys

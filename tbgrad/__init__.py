@@ -32,7 +32,20 @@ _PUBLIC = {
     "train_with_tape": "tbgrad.tape",
 }
 
-__all__ = sorted(_PUBLIC)
+__all__ = [
+    "DATASETS",
+    "Dataset",
+    "GradientStats",
+    "GradientTensorBoard",
+    "OptimizerHook",
+    "SummaryLogger",
+    "build_mlp",
+    "kernel_layers",
+    "load_dataset",
+    "make_initializer",
+    "make_optimizer",
+    "train_with_tape",
+]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from tbgrad.data import DATASETS, Dataset, load_dataset

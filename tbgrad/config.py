@@ -90,9 +90,7 @@ class RunConfig:
         if self.momentum is not None and not (
             math.isfinite(self.momentum) and 0 <= self.momentum < 1
         ):
-            raise ValueError(
-                f"momentum must be in [0, 1). Received: momentum={self.momentum!r}"
-            )
+            raise ValueError(f"momentum must be in [0, 1). Received: momentum={self.momentum!r}")
         if self.optimizer == "adam" and self.momentum:
             raise ValueError(
                 "momentum applies to sgd and rmsprop, not adam. "
@@ -123,10 +121,19 @@ def _choice(name: str, value, choices) -> None:
         )
 
 
-_A = dict(optimizer="sgd", lr=0.01, momentum=0.9, epochs=500, batch_size=32,
-          dataset="circles-a", width=5)
-_B = dict(depth=4, width=5, init="normal", optimizer="rmsprop", epochs=100,
-          batch_size=32, dataset="circles-b", seed=42)
+_A = dict(
+    optimizer="sgd", lr=0.01, momentum=0.9, epochs=500, batch_size=32, dataset="circles-a", width=5
+)
+_B = dict(
+    depth=4,
+    width=5,
+    init="normal",
+    optimizer="rmsprop",
+    epochs=100,
+    batch_size=32,
+    dataset="circles-b",
+    seed=42,
+)
 
 # The configurations of the reference studies (see docs/results.md).
 PRESETS: dict[str, dict] = {

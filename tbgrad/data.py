@@ -56,6 +56,5 @@ def load_dataset(name: str = "circles-a") -> Dataset:
         x, y = x.astype("float32"), y.astype("float32")
         return Dataset(name, x, y, x, y)
     raise ValueError(
-        f"Unknown dataset {name!r}; valid choices: {', '.join(DATASETS)}. "
-        f"Received: name={name!r}"
+        f"Unknown dataset {name!r}; valid choices: {', '.join(DATASETS)}. Received: name={name!r}"
     )

@@ -75,26 +75,26 @@ class GradientTensorBoard(keras.callbacks.Callback):
     # -- Keras hooks ----------------------------------------------------------
 
     def on_train_begin(self, logs=None):
-        layers = kernel_layers(self.model)
-        if not layers:
-            warnings.warn(
-                f"GradientTensorBoard: model {self.model.name!r} has no layer with a "
-                "kernel; only the epoch_* scalars will be written.",
-                stacklevel=2,
-            )
-        with self.model.distribute_strategy.scope():
-            self._stats = GradientStats(layers)
-        self._logger = SummaryLogger(self.log_dir, self._stats)
+        self._stats = None
+        self._logger = None
         self._global_step = 0
+        self._capture = self._histograms_due(0)
+        # A subclassed model is built only when fit first traces its train
+        # step; its kernels exist from then on. Built models get their
+        # statistics now, the others from inside that first trace.
+        if all(layer.built for layer in self.model._flatten_layers()):
+            self._make_stats()
         self._install_hook()
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._stats.reset(capture=self._histograms_due(epoch))
+        self._capture = self._histograms_due(epoch)
+        if self._stats is not None:
+            self._stats.reset(capture=self._capture)
 
     def on_train_batch_end(self, batch, logs=None):
         self._global_step += 1
         if self._global_step % self.update_freq == 0:
-            self._logger.write_step(self._global_step, logs)
+            self._get_logger().write_step(self._global_step, logs)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -103,7 +103,7 @@ class GradientTensorBoard(keras.callbacks.Callback):
         lr = _learning_rate(self.model.optimizer)
         if lr is not None:
             train.setdefault("learning_rate", lr)
-        self._logger.write_epoch(epoch, train, val, histograms=self._histograms_due(epoch))
+        self._get_logger().write_epoch(epoch, train, val, histograms=self._histograms_due(epoch))
 
     def on_train_end(self, logs=None):
         self.close()
@@ -121,6 +121,32 @@ class GradientTensorBoard(keras.callbacks.Callback):
 
     # -- helpers --------------------------------------------------------------
 
+    def _make_stats(self) -> GradientStats:
+        layers = kernel_layers(self.model)
+        if not layers:
+            warnings.warn(
+                f"GradientTensorBoard: model {self.model.name!r} has no layer with a "
+                "kernel; only the epoch_* scalars will be written.",
+                stacklevel=3,
+            )
+        with self.model.distribute_strategy.scope():
+            self._stats = GradientStats(layers)
+        self._stats.reset(capture=self._capture)
+        return self._stats
+
+    def _get_stats(self) -> GradientStats:
+        if self._stats is None:
+            # Called from inside the first trace of the train step: create the
+            # variables eagerly, outside the function being traced.
+            with tf.init_scope():
+                self._make_stats()
+        return self._stats
+
+    def _get_logger(self) -> SummaryLogger:
+        if self._logger is None:
+            self._logger = SummaryLogger(self.log_dir, self._get_stats())
+        return self._logger
+
     def _histograms_due(self, epoch: int) -> bool:
         return bool(self.histogram_freq) and epoch % self.histogram_freq == 0
 
@@ -130,7 +156,7 @@ class GradientTensorBoard(keras.callbacks.Callback):
                 "GradientTensorBoard needs a compiled model with an optimizer. "
                 f"Received: model.optimizer={self.model.optimizer!r}"
             )
-        self._hook = OptimizerHook(self.model.optimizer, self._stats)
+        self._hook = OptimizerHook(self.model.optimizer, self._get_stats)
         self._hook.install()
         # A train function traced before this fit would not call the hook.
         self.model.train_function = None
@@ -165,4 +191,3 @@ def _learning_rate(optimizer) -> float | None:
 
 
 __all__ = ["GradientTensorBoard"]
-

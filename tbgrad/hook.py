@@ -10,6 +10,8 @@ loop feed the statistics from the same place.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import keras
 
 from tbgrad.stats import GradientStats
@@ -29,12 +31,18 @@ class OptimizerHook:
 
     Args:
         optimizer: A Keras 3 optimizer.
-        stats: The accumulator to update inside the train step.
+        stats: The accumulator to update inside the train step, or a
+            function that returns it (called at the first traced step, when
+            every layer of the model is built).
 
     Use as a context manager, or call :meth:`install` and :meth:`remove`.
     """
 
-    def __init__(self, optimizer: keras.optimizers.Optimizer, stats: GradientStats):
+    def __init__(
+        self,
+        optimizer: keras.optimizers.Optimizer,
+        stats: GradientStats | Callable[[], GradientStats],
+    ):
         target = inner_optimizer(optimizer)
         if not hasattr(target, HOOKED_METHOD):
             raise TypeError(
@@ -54,7 +62,8 @@ class OptimizerHook:
         def update_step(grads, trainable_variables, learning_rate):
             grads = list(grads)
             trainable_variables = list(trainable_variables)
-            stats.update(grads, trainable_variables)
+            target = stats() if callable(stats) else stats
+            target.update(grads, trainable_variables)
             return original(grads, trainable_variables, learning_rate)
 
         # An instance attribute shadows the class's method for this optimizer

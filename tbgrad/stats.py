@@ -91,9 +91,7 @@ class GradientStats:
         self._sums = tf.Variable(tf.zeros([n, N_STATS]), name="tbgrad_sums", **kwargs)
         # The last step's statistics, for per-step (update_freq=N) scalars.
         self._last = tf.Variable(tf.zeros([n, N_STATS]), name="tbgrad_last", **kwargs)
-        self._steps = tf.Variable(
-            tf.constant(0, tf.int64), name="tbgrad_steps", **kwargs
-        )
+        self._steps = tf.Variable(tf.constant(0, tf.int64), name="tbgrad_steps", **kwargs)
         # Whether to keep the epoch's first gradients for the histograms.
         self._capture = tf.Variable(True, name="tbgrad_capture", **kwargs)
         self._captured = [

@@ -127,6 +127,9 @@ class SummaryLogger:
         with self._writers[tags.TRAIN_DIR].as_default(step=step):
             for name, value in train.items():
                 tf.summary.scalar(tags.epoch_tag(name), value)
+            if len(self.stats.layers) >= 2:
+                mean_abs = stats[tags.GRAD_MEAN_ABS]
+                tf.summary.scalar(tags.GRAD_RATIO, tf.math.divide_no_nan(mean_abs[0], mean_abs[-1]))
             for i, layer in enumerate(self.stats.layers):
                 kernel = tf.convert_to_tensor(layer.kernel)
                 for family in (tags.GRAD_MEAN_ABS, tags.GRAD_STD, tags.GRAD_NONFINITE):
@@ -164,9 +167,7 @@ class SummaryLogger:
             for name, value in batch.items():
                 tf.summary.scalar(tags.batch_tag(name), value)
             for i, layer in enumerate(self.stats.layers):
-                tf.summary.scalar(
-                    tags.layer_tag(tags.BATCH_GRAD_MEAN_ABS, layer.name), last[i]
-                )
+                tf.summary.scalar(tags.layer_tag(tags.BATCH_GRAD_MEAN_ABS, layer.name), last[i])
 
 
 def histogram_buckets(data, bucket_count: int = DEFAULT_BUCKET_COUNT) -> tf.Tensor:

@@ -28,6 +28,10 @@ WEIGHT_MEAN = "weight_mean"
 WEIGHT_STD = "weight_std"
 WEIGHT_L1 = "weight_l1"
 
+# Run-level gradient-flow scalar: mean |g| of the first kernel layer divided
+# by that of the last (the output layer). Far below 1: vanishing gradients.
+GRAD_RATIO = "grad_ratio"
+
 # Per-step (update_freq=N) variant of the gradient magnitude, at the global
 # step, like Keras's ``batch_loss`` next to ``epoch_loss``.
 BATCH_GRAD_MEAN_ABS = "batch_grad_mean_abs"
@@ -59,6 +63,8 @@ DESCRIPTIONS = {
     WEIGHT_MEAN: "mean of the kernel at the end of the epoch",
     WEIGHT_STD: "standard deviation of the kernel at the end of the epoch",
     WEIGHT_L1: "L1 norm (sum of |w|) of the kernel at the end of the epoch",
+    GRAD_RATIO: "grad_mean_abs of the first kernel layer / grad_mean_abs of the "
+    "last (output) layer, per epoch; far below 1 means vanishing gradients",
     BATCH_GRAD_MEAN_ABS: "mean |g| of the kernel gradient of one training "
     "step, at the global step (only with an integer update_freq)",
 }
@@ -86,6 +92,8 @@ def layer_tags(layers: list[str], histograms: bool = True) -> dict[str, str]:
     that shows the tag.
     """
     tags: dict[str, str] = {}
+    if len(layers) >= 2:
+        tags[GRAD_RATIO] = "scalars"
     for layer in layers:
         if histograms:
             for family in HISTOGRAM_FAMILIES:

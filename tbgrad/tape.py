@@ -77,7 +77,9 @@ def train_with_tape(
     _check_positive_int("epochs", epochs)
     _check_positive_int("batch_size", batch_size)
     if isinstance(histogram_freq, bool) or not isinstance(histogram_freq, int):
-        raise TypeError(f"histogram_freq must be an int. Received: histogram_freq={histogram_freq!r}")
+        raise TypeError(
+            f"histogram_freq must be an int. Received: histogram_freq={histogram_freq!r}"
+        )
     if histogram_freq < 0:
         raise ValueError(f"histogram_freq must be >= 0. Received: histogram_freq={histogram_freq}")
     update_freq = validate_update_freq(update_freq)

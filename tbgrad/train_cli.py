@@ -26,24 +26,61 @@ def build_parser() -> argparse.ArgumentParser:
         "gradients to TensorBoard. Unset flags take the preset's value, else "
         "study A's defaults.",
     )
-    p.add_argument("--preset", choices=tuple(PRESETS), help=f"a reference configuration ({presets})")
-    p.add_argument("--act", help=f"hidden activation: {', '.join(NAMED_ACTIVATIONS)} or any Keras activation (default relu)")
-    p.add_argument("--init", help=f"hidden kernel initializer: {', '.join(NAMED_INITIALIZERS)} or any Keras initializer (default he_uniform)")
-    p.add_argument("--output-init", help="output kernel initializer (default: --init, but glorot_uniform after he_*)")
+    p.add_argument(
+        "--preset", choices=tuple(PRESETS), help=f"a reference configuration ({presets})"
+    )
+    p.add_argument(
+        "--act",
+        help=f"hidden activation: {', '.join(NAMED_ACTIVATIONS)} or any Keras "
+        "activation (default relu)",
+    )
+    p.add_argument(
+        "--init",
+        help=f"hidden kernel initializer: {', '.join(NAMED_INITIALIZERS)} or any "
+        "Keras initializer (default he_uniform)",
+    )
+    p.add_argument(
+        "--output-init",
+        help="output kernel initializer (default: --init, but glorot_uniform after he_*)",
+    )
     p.add_argument("--depth", type=cli.positive_int, help="hidden layers (default 5)")
     p.add_argument("--width", type=cli.positive_int, help="units per hidden layer (default 5)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, help="optimizer (default sgd)")
-    p.add_argument("--lr", type=cli.positive_float, help="learning rate (default 0.01 for sgd, 0.001 otherwise)")
-    p.add_argument("--momentum", type=cli.unit_float, help="momentum of sgd/rmsprop (default 0.9 for sgd, 0 for rmsprop)")
+    p.add_argument(
+        "--lr",
+        type=cli.positive_float,
+        help="learning rate (default 0.01 for sgd, 0.001 otherwise)",
+    )
+    p.add_argument(
+        "--momentum",
+        type=cli.unit_float,
+        help="momentum of sgd/rmsprop (default 0.9 for sgd, 0 for rmsprop)",
+    )
     p.add_argument("--epochs", type=cli.positive_int, help="epochs (default 500)")
     p.add_argument("--batch-size", type=cli.positive_int, help="batch size (default 32)")
     p.add_argument("--dataset", choices=DATASETS, help="data set (default circles-a)")
-    p.add_argument("--loop", choices=LOOPS, help="fit: model.fit + GradientTensorBoard; tape: train_with_tape (default fit)")
+    p.add_argument(
+        "--loop",
+        choices=LOOPS,
+        help="fit: model.fit + GradientTensorBoard; tape: train_with_tape (default fit)",
+    )
     p.add_argument("--logdir", default="logs", help="folder of runs (default logs)")
-    p.add_argument("--run-name", help="run folder name (default derived from the config; never reused)")
-    p.add_argument("--seed", type=cli.non_negative_int, help="seed of initialization and shuffling (default 1)")
-    p.add_argument("--histogram-freq", type=cli.non_negative_int, help="histograms every N epochs, 0 for none (default 1)")
-    p.add_argument("--update-freq", type=cli.update_freq, help="'epoch', or N: batch_* scalars every N steps (default epoch)")
+    p.add_argument(
+        "--run-name", help="run folder name (default derived from the config; never reused)"
+    )
+    p.add_argument(
+        "--seed", type=cli.non_negative_int, help="seed of initialization and shuffling (default 1)"
+    )
+    p.add_argument(
+        "--histogram-freq",
+        type=cli.non_negative_int,
+        help="histograms every N epochs, 0 for none (default 1)",
+    )
+    p.add_argument(
+        "--update-freq",
+        type=cli.update_freq,
+        help="'epoch', or N: batch_* scalars every N steps (default epoch)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 

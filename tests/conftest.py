@@ -1,0 +1,61 @@
+"""Shared fixtures: tiny real models, real training, real event files."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import tbgrad  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def circles():
+    return tbgrad.load_dataset("circles-a")
+
+
+def tiny_mlp(seed: int = 3, depth: int = 2, act: str = "tanh", init: str = "glorot_uniform"):
+    keras.utils.set_random_seed(seed)
+    return tbgrad.build_mlp(depth=depth, width=4, activation=act, init=init)
+
+
+def reference_sgd_gradients(model, x, y, batch_size, epochs, lr):
+    """Trains a copy of ``model`` with a hand-written SGD loop.
+
+    Independent of tbgrad and of Keras's optimizers: plain ``tf.GradientTape``
+    and ``w -= lr * g`` on the batches in order. Returns, per epoch and layer
+    name, the list of kernel gradients of every step.
+    """
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    names = [layer.name for layer in clone.layers if hasattr(layer, "kernel")]
+    kernels = [layer.kernel for layer in clone.layers if hasattr(layer, "kernel")]
+    out = []
+    for _ in range(epochs):
+        per_layer = {name: [] for name in names}
+        for start in range(0, len(x), batch_size):
+            xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+            with tf.GradientTape() as tape:
+                pred = clone(xb, training=True)
+                loss = tf.reduce_mean(keras.losses.binary_crossentropy(yb.reshape(-1, 1), pred))
+            grads = tape.gradient(loss, clone.trainable_variables)
+            by_var = {id(v): g for v, g in zip(clone.trainable_variables, grads)}
+            for name, kernel in zip(names, kernels):
+                per_layer[name].append(by_var[id(kernel)].numpy())
+            for v, g in zip(clone.trainable_variables, grads):
+                v.assign(v - lr * g)
+        out.append(per_layer)
+    return out
+
+
+def expected_histogram(values: np.ndarray, buckets: int = 30) -> np.ndarray:
+    """TensorBoard's histogram of ``values``, computed with numpy."""
+    values = values.ravel().astype(np.float64)
+    lo, hi = values.min(), values.max()
+    counts, edges = np.histogram(values, bins=buckets, range=(lo, hi))
+    return np.stack([edges[:-1], edges[1:], counts], axis=1)
