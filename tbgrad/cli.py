@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import signal
 import sys
+import threading
+
+# Exit codes of a run stopped by a signal: 128 + the signal number, as a shell
+# reports a process killed by it.
+EXIT_SIGINT = 128 + signal.SIGINT
+EXIT_SIGTERM = 128 + signal.SIGTERM
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -74,7 +82,64 @@ def fail(prog: str, message: str) -> int:
     return 2
 
 
-def import_tensorflow_quietly() -> None:
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread on SIGTERM inside :func:`stop_on_signals`.
+
+    A KeyboardInterrupt, so that everything that cleans up after Ctrl-C
+    (``finally`` blocks closing the event files) does so after SIGTERM too.
+    """
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """Turns SIGTERM into :class:`Terminated` for the ``with`` block.
+
+    SIGINT already raises KeyboardInterrupt. Outside the main thread, where
+    Python cannot install handlers, this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def interrupted(prog: str, err: KeyboardInterrupt, where: str) -> int:
+    """Prints one line saying what stopped the run and ``where`` the logs are;
+    returns 143 after SIGTERM, else 130."""
+    if isinstance(err, Terminated):
+        name, code = "SIGTERM", EXIT_SIGTERM
+    else:
+        name, code = "SIGINT", EXIT_SIGINT
+    print(f"\n{prog}: interrupted by {name}; {where}", file=sys.stderr, flush=True)
+    return code
+
+
+@contextlib.contextmanager
+def _native_stderr_muted():
+    # TensorFlow's native libraries write to file descriptor 2 directly, past
+    # sys.stderr: point it at /dev/null for the block.
+    import os
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def import_tensorflow_quietly(initialize_devices: bool = True) -> None:
     """Imports TensorFlow without its C++ start-up chatter on stderr.
 
     On a machine without a GPU, TensorFlow's native libraries print "Could not
@@ -82,21 +147,37 @@ def import_tensorflow_quietly() -> None:
     before any Python logging setting applies; a command whose only output on
     bad input is one error line must not show them. Python exceptions raised
     by the import are not affected: stderr is restored before they propagate.
+
+    Args:
+        initialize_devices: Also initialize TensorFlow's devices (which prints
+            more). Pass False to configure logical devices first, then call
+            :func:`initialize_devices_quietly`.
     """
     import os
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if "tensorflow" in sys.modules:
         return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            import keras  # noqa: F401
-            import tensorflow as tf
+    with _native_stderr_muted():
+        import keras  # noqa: F401
+        import tensorflow as tf
 
+        if initialize_devices:
             tf.config.list_logical_devices()
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+
+
+def initialize_devices_quietly(replicas: int = 1) -> None:
+    """Initializes TensorFlow's devices, with the CPU split into ``replicas``
+    logical devices on a machine without GPUs, without the native chatter.
+
+    Raises:
+        ValueError: ``replicas`` is invalid, or the devices were initialized
+            before with fewer logical CPUs.
+    """
+    with _native_stderr_muted():
+        import tensorflow as tf
+
+        from tbgrad.distribute import configure_cpu_replicas
+
+        configure_cpu_replicas(replicas)
+        tf.config.list_logical_devices()
