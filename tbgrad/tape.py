@@ -209,6 +209,12 @@ def train_with_tape(
             for xb, yb in dataset:
                 strategy.run(replica_eval_step, args=(xb, yb))
 
+        # Slot variables (momentum, ...) created lazily inside the compiled
+        # epoch would need tf.function's lifted initializer, which fails
+        # across replicas: create them now.
+        if not optimizer.built:
+            with strategy.scope():
+                optimizer.build(model.trainable_variables)
         train_ds = strategy.experimental_distribute_dataset(train_ds)
         if val_ds is not None:
             val_ds = strategy.experimental_distribute_dataset(val_ds)

@@ -44,7 +44,7 @@ def train(loop: str, strategy, weights, data, samples: int, log_dir: str) -> Non
     with strategy.scope():
         model = tbgrad.build_mlp(depth=2, width=4, activation="tanh", init="glorot_uniform")
         model.set_weights(weights)
-        optimizer = keras.optimizers.SGD(LR)
+        optimizer = keras.optimizers.SGD(LR, momentum=0.9)
     if loop == "fit":
         with strategy.scope():
             model.compile(optimizer, "binary_crossentropy", metrics=["accuracy"])
