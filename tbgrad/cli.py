@@ -92,23 +92,39 @@ class Terminated(KeyboardInterrupt):
 
 @contextlib.contextmanager
 def stop_on_signals():
-    """Turns SIGTERM into :class:`Terminated` for the ``with`` block.
+    """Stops the ``with`` block on SIGINT (KeyboardInterrupt) or SIGTERM
+    (:class:`Terminated`), once: a second signal while the ``finally``
+    blocks close the event files is ignored, so the close completes, and
+    so is any later one (the caller is expected to exit).
 
-    SIGINT already raises KeyboardInterrupt. Outside the main thread, where
-    Python cannot install handlers, this does nothing.
+    A SIGINT that the process inherited as ignored (a background job of a
+    script) stays ignored. Outside the main thread, where Python cannot
+    install handlers, this does nothing.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    stopping = []
 
-    def terminate(signum, frame):
-        raise Terminated()
+    def stop(signum, frame):
+        if stopping:
+            return
+        stopping.append(signum)
+        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
-    previous = signal.signal(signal.SIGTERM, terminate)
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            previous[signum] = signal.signal(signum, stop)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            # After a stop the process is on its way out: ignore further
+            # signals. A Python handler would print a traceback during
+            # interpreter shutdown, and the shutdown resets Python handlers
+            # (not SIG_IGN) to the default action, which kills the process.
+            signal.signal(signum, signal.SIG_IGN if stopping else handler)
 
 
 def interrupted(prog: str, err: KeyboardInterrupt, where: str) -> int:

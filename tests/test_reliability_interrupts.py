@@ -40,13 +40,14 @@ def wait_for_epochs(proc, run_dir: Path, count: int) -> int:
 
 
 @pytest.mark.parametrize(
-    "sig, name, code, loop",
+    "sig, name, code, loop, twice",
     [
-        (signal.SIGINT, "SIGINT", 130, "fit"),
-        (signal.SIGTERM, "SIGTERM", 143, "tape"),
+        # Ctrl-C pressed twice: the second one must not cut the closing short.
+        (signal.SIGINT, "SIGINT", 130, "fit", True),
+        (signal.SIGTERM, "SIGTERM", 143, "tape", False),
     ],
 )
-def test_signal_stops_cleanly(tmp_path, sig, name, code, loop):
+def test_signal_stops_cleanly(tmp_path, sig, name, code, loop, twice):
     logdir = tmp_path / "logs"
     args = ["--depth", "2", "--width", "3", "--epochs", "100000", "--loop", loop]
     args += ["--logdir", str(logdir), "--run-name", "long", "--quiet"]
@@ -61,6 +62,9 @@ def test_signal_stops_cleanly(tmp_path, sig, name, code, loop):
     run_dir = logdir / "long"
     seen = wait_for_epochs(proc, run_dir, 2)
     proc.send_signal(sig)
+    if twice:
+        time.sleep(0.05)
+        proc.send_signal(sig)  # a no-op if the process has already exited
     out, err = proc.communicate(timeout=120)
 
     assert proc.returncode == code, err
