@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import signal
 import sys
 import threading
+import time
 
 # Exit codes of a run stopped by a signal: 128 + the signal number, as a shell
 # reports a process killed by it.
@@ -90,13 +92,20 @@ class Terminated(KeyboardInterrupt):
     """
 
 
+# A second signal this soon after the first is taken as the same request
+# and ignored, so that the event files finish closing; a later one stops
+# again (the first may have been lost, see _in_finalizer).
+REPEAT_GRACE_SECONDS = 10.0
+
+
 @contextlib.contextmanager
 def stop_on_signals():
     """Stops the ``with`` block on SIGINT (KeyboardInterrupt) or SIGTERM
-    (:class:`Terminated`), once: a second signal while the ``finally``
-    blocks close the event files is ignored, so the close completes, and
-    so is any later one (the caller is expected to exit).
+    (:class:`Terminated`).
 
+    A repeated signal within ``REPEAT_GRACE_SECONDS`` is ignored while the
+    ``finally`` blocks close the event files; once the block is left after
+    a stop, further signals are ignored (the caller is expected to exit).
     A SIGINT that the process inherited as ignored (a background job of a
     script) stays ignored. Outside the main thread, where Python cannot
     install handlers, this does nothing.
@@ -104,12 +113,18 @@ def stop_on_signals():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    stopping = []
+    stopped_at: list[float] = []
 
     def stop(signum, frame):
-        if stopping:
+        if _in_finalizer(frame):
+            # An exception raised in a __del__ or weakref callback is printed
+            # and swallowed: deliver the signal again a moment later.
+            threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
             return
-        stopping.append(signum)
+        now = time.monotonic()
+        if stopped_at and now - stopped_at[-1] < REPEAT_GRACE_SECONDS:
+            return
+        stopped_at.append(now)
         raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
     previous = {}
@@ -124,7 +139,18 @@ def stop_on_signals():
             # signals. A Python handler would print a traceback during
             # interpreter shutdown, and the shutdown resets Python handlers
             # (not SIG_IGN) to the default action, which kills the process.
-            signal.signal(signum, signal.SIG_IGN if stopping else handler)
+            signal.signal(signum, signal.SIG_IGN if stopped_at else handler)
+
+
+def _in_finalizer(frame) -> bool:
+    # Whether Python is running a finalizer (a __del__, a weakref callback)
+    # that the garbage collector started inside the interrupted code.
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "__del__" or code.co_filename.endswith("weakref.py"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def interrupted(prog: str, err: KeyboardInterrupt, where: str) -> int:
@@ -142,8 +168,6 @@ def interrupted(prog: str, err: KeyboardInterrupt, where: str) -> int:
 def _native_stderr_muted():
     # TensorFlow's native libraries write to file descriptor 2 directly, past
     # sys.stderr: point it at /dev/null for the block.
-    import os
-
     sys.stderr.flush()
     saved = os.dup(2)
     try:
@@ -169,8 +193,6 @@ def import_tensorflow_quietly(initialize_devices: bool = True) -> None:
             more). Pass False to configure logical devices first, then call
             :func:`initialize_devices_quietly`.
     """
-    import os
-
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if "tensorflow" in sys.modules:
         return

@@ -65,7 +65,12 @@ def test_signal_stops_cleanly(tmp_path, sig, name, code, loop, twice):
     if twice:
         time.sleep(0.05)
         proc.send_signal(sig)  # a no-op if the process has already exited
-    out, err = proc.communicate(timeout=120)
+    try:
+        out, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"still running 120s after {name}; stdout: {out!r}; stderr: {err!r}")
 
     assert proc.returncode == code, err
     assert "Traceback" not in err and "Traceback" not in out

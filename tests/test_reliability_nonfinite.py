@@ -62,7 +62,8 @@ def check_logs(run_dir, sizes, epochs):
     return run
 
 
-def test_fit_keeps_training_and_counts_nonfinite(tmp_path, data):
+def fit_exploding(log_dir, data, *callbacks):
+    """Returns (model, history) of model.fit on the exploding setup."""
     x, y = data
     model = exploding_model()
     model.compile(keras.optimizers.SGD(1e6), "binary_crossentropy")
@@ -73,9 +74,14 @@ def test_fit_keeps_training_and_counts_nonfinite(tmp_path, data):
         epochs=EPOCHS,
         shuffle=False,
         verbose=0,
-        callbacks=[tbgrad.GradientTensorBoard(tmp_path)],
+        callbacks=[tbgrad.GradientTensorBoard(log_dir), *callbacks],
     )
-    assert len(history.history["loss"]) == EPOCHS
+    return model, history.history
+
+
+def test_fit_keeps_training_and_counts_nonfinite(tmp_path, data):
+    model, history = fit_exploding(tmp_path, data)
+    assert len(history["loss"]) == EPOCHS
     check_logs(tmp_path, kernel_sizes(model), EPOCHS)
 
 
@@ -98,19 +104,8 @@ def test_tape_keeps_training_and_counts_nonfinite(tmp_path, data):
 
 
 def test_terminate_on_nan_stops_and_the_epoch_is_logged(tmp_path, data):
-    x, y = data
-    model = exploding_model()
-    model.compile(keras.optimizers.SGD(1e6), "binary_crossentropy")
-    history = model.fit(
-        x,
-        y,
-        batch_size=BATCH,
-        epochs=EPOCHS,
-        shuffle=False,
-        verbose=0,
-        callbacks=[tbgrad.GradientTensorBoard(tmp_path), keras.callbacks.TerminateOnNaN()],
-    )
-    assert len(history.history["loss"]) == 1
+    model, history = fit_exploding(tmp_path, data, keras.callbacks.TerminateOnNaN())
+    assert len(history["loss"]) == 1 and np.isnan(history["loss"][0])
     train = load_run(tmp_path).train
     assert train.steps("epoch_loss") == [0]
     total = sum(
