@@ -53,7 +53,7 @@ VERDICTS = (VANISHING, HEALTHY, EXPLODING, NON_FINITE, UNKNOWN)
 VANISHING_BELOW = 0.1
 # The mirror image: some hidden layer receives over ten times the output
 # layer's mean |g|. A3's strongest ratio peaks at 5.2 (median 3.4).
-EXPLODING_ABOVE = 10.0
+EXPLODING_ABOVE = 100.0
 
 
 @dataclass(frozen=True)
