@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import shutil
 
 import matplotlib.image
@@ -31,10 +33,18 @@ def logdir(tmp_path_factory):
     return logdir
 
 
-def test_table_values_come_from_the_event_files(logdir, tmp_path, capsys):
-    png = tmp_path / "png"
-    assert main([str(logdir), "--png", str(png)]) == 0
-    out = capsys.readouterr().out.splitlines()
+@pytest.fixture(scope="module")
+def report(logdir, tmp_path_factory):
+    """report.py LOGDIR --png DIR, run once: (stdout lines, png folder)."""
+    png = tmp_path_factory.mktemp("out") / "png"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main([str(logdir), "--png", str(png)]) == 0
+    return out.getvalue().splitlines(), png
+
+
+def test_table_values_come_from_the_event_files(logdir, report):
+    out, png = report
     assert out[0].split()[:3] == ["run", "config", "train"]
     rows = {line.split()[0]: line for line in out[2:] if line.startswith("tanh-")}
     assert sorted(rows) == ["tanh-uniform01-d1-w5-sgd-s1", "tanh-uniform01-d2-w5-sgd-s1"]
@@ -57,9 +67,8 @@ def test_table_values_come_from_the_event_files(logdir, tmp_path, capsys):
     assert out[-1] == f"wrote 3 figures to {png}"
 
 
-def test_pngs_are_real_images_of_the_expected_size(logdir, tmp_path):
-    png = tmp_path / "png"
-    assert main([str(logdir), "--png", str(png)]) == 0
+def test_pngs_are_real_images_of_the_expected_size(report):
+    png = report[1]
     assert sorted(p.name for p in png.iterdir()) == [
         "sweep.png",
         "tanh-uniform01-d1-w5-sgd-s1.png",

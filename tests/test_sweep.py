@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -14,8 +10,6 @@ from tbgrad.config import RunConfig, make_config
 from tbgrad.eventlog import load_run
 from tbgrad.sweep import SweepOutcome, run_sweep
 from tbgrad.sweep_cli import configs_from_grid, main
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny(**kw) -> RunConfig:
@@ -101,22 +95,19 @@ def test_grid_expands_ranges_and_names_fields_the_run_name_lacks():
     assert {c.epochs for c in configs} == {3}
 
 
-def test_cli_end_to_end_in_a_real_process(tmp_path):
+def test_cli_end_to_end(tmp_path, capsys):
     sweep_dir = tmp_path / "sweep"
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
-    args = [sys.executable, str(ROOT / "scripts" / "sweep.py"), "--act", "tanh"]
-    args += ["--depth", "1-2", "--epochs", "1", "--histogram-freq", "0"]
-    args += ["--sweep-dir", str(sweep_dir), "--workers", "2"]
-    proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr
+    args = ["--act", "tanh", "--depth", "1-2", "--epochs", "1", "--histogram-freq", "0"]
+    assert main([*args, "--sweep-dir", str(sweep_dir), "--workers", "2"]) == 0
+    out, err = capsys.readouterr()
     names = sorted(p.name for p in sweep_dir.iterdir())
     assert names == ["tanh-he_uniform-d1-w5-sgd-s1", "tanh-he_uniform-d2-w5-sgd-s1"]
-    bar_lines = [line for line in proc.stderr.splitlines() if line.startswith("[")]
+    bar_lines = [line for line in err.splitlines() if line.startswith("[")]
     assert [line.split()[1] for line in bar_lines] == ["1/2", "2/2"]
     assert bar_lines[0].startswith("[" + "#" * 10 + "." * 10 + "]")
     assert bar_lines[-1].startswith("[" + "#" * 20 + "]")
-    assert "sweep: 2 runs, 0 failed" in proc.stderr
-    assert f"report: python scripts/report.py {sweep_dir}" in proc.stdout
+    assert "sweep: 2 runs, 0 failed" in err
+    assert f"report: python scripts/report.py {sweep_dir}" in out
 
 
 @pytest.mark.parametrize(

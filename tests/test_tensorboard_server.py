@@ -11,7 +11,6 @@ core ``/data/runs`` and ``/data/plugins_listing``
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -26,8 +25,8 @@ import pytest
 from tbgrad import layout, tags
 from tbgrad.eventlog import load_run
 from tbgrad.hparams import HPARAMS
+from tbgrad.train_cli import main as train_main
 
-ROOT = Path(__file__).resolve().parents[1]
 RUNS = {
     "tanh-uniform01-d2-w5-sgd-s1": ["--act", "tanh", "--init", "uniform01"],
     "relu-he_uniform-d2-w5-sgd-s1": ["--act", "relu", "--init", "he_uniform"],
@@ -58,17 +57,9 @@ def _tensorboard_command() -> list[str]:
 @pytest.fixture(scope="module")
 def logdir(tmp_path_factory):
     logdir = tmp_path_factory.mktemp("logs")
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
     for name, flags in RUNS.items():
-        proc = subprocess.run(
-            [sys.executable, str(ROOT / "scripts" / "train.py"), *flags]
-            + ["--depth", "2", "--epochs", "2", "--logdir", str(logdir), "--quiet"],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=300,
-        )
-        assert proc.returncode == 0, proc.stderr
+        args = [*flags, "--depth", "2", "--epochs", "2", "--logdir", str(logdir), "--quiet"]
+        assert train_main(args) == 0  # scripts/train.py's main, in this process
         assert (logdir / name).is_dir()
     return logdir
 
