@@ -14,9 +14,11 @@ import numpy as np
 from tbgrad.config import RunConfig
 from tbgrad.data import load_dataset
 from tbgrad.gradient_tensorboard import GradientTensorBoard
+from tbgrad.hparams import write_hparams
 from tbgrad.models import build_mlp, make_optimizer
 from tbgrad.runs import create_run_dir
 from tbgrad.tape import train_with_tape
+from tbgrad.verdict import verdict_of
 
 RESULT_FILE = "tbgrad_run.json"
 
@@ -98,6 +100,7 @@ def run(
     config.validate()
     data, model, optimizer = build(config)
     run_dir = create_run_dir(logdir, run_name or config.run_name())
+    write_hparams(run_dir, config)
     if on_start is not None:
         on_start(run_dir)
     start = time.perf_counter()
@@ -151,6 +154,7 @@ def run(
         test_loss=test_loss,
         seconds=seconds,
     )
+    result.extra["verdict"] = verdict_of(run_dir).to_dict()
     return result
 
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import tensorflow as tf
 from tensorboard.plugins.histogram import metadata as histogram_metadata
 
-from tbgrad import tags
+from tbgrad import layout, tags
 from tbgrad.stats import GradientStats
 
 # TensorBoard's own default (tensorboard/plugins/histogram/summary_v2.py).
@@ -51,6 +51,8 @@ class SummaryLogger:
             self._writers[split] = tf.summary.create_file_writer(
                 os.path.join(self.log_dir, split), flush_millis=10**9
             )
+            if split == tags.TRAIN_DIR:
+                layout.write_layout(self._writers[split])  # Custom Scalars charts
         return self._writers[split]
 
     # -- public events ------------------------------------------------------

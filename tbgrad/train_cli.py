@@ -137,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         f"final accuracy: train {result.train_accuracy:.3f}, test {result.test_accuracy:.3f} "
         f"(loss {result.train_loss:.4f} / {result.test_loss:.4f}, {result.seconds:.1f}s)"
     )
+    print(f"verdict: {result.extra['verdict']['label']} ({result.extra['verdict']['reason']})")
     print(f"view: tensorboard --logdir {os.path.normpath(args.logdir)}")
     return 0
 

@@ -8,7 +8,7 @@ import pytest
 from conftest import expected_histogram, reference_sgd_gradients, tiny_mlp
 
 import tbgrad
-from tbgrad import tags
+from tbgrad import layout, tags
 from tbgrad.eventlog import load_run
 
 EPOCHS = 3
@@ -72,7 +72,7 @@ def test_every_tag_in_the_right_folder_and_plugin(runs, loop):
         **{tags.epoch_tag(m): "scalars" for m in ("loss", "accuracy", "learning_rate")},
         **tags.layer_tags(LAYERS),
     }
-    assert run.train.plugins == expected
+    assert run.train.plugins == {**expected, layout.LAYOUT_TAG: "custom_scalars"}
     assert run.validation.plugins == {"epoch_loss": "scalars", "epoch_accuracy": "scalars"}
     for tag in expected:
         assert run.train.steps(tag) == list(range(EPOCHS)), tag
