@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import os
+import signal
 import sys
+import threading
+import time
+
+# Exit codes of a run stopped by a signal: 128 + the signal number, as a shell
+# reports a process killed by it.
+EXIT_SIGINT = 128 + signal.SIGINT
+EXIT_SIGTERM = 128 + signal.SIGTERM
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -74,7 +84,102 @@ def fail(prog: str, message: str) -> int:
     return 2
 
 
-def import_tensorflow_quietly() -> None:
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread on SIGTERM inside :func:`stop_on_signals`.
+
+    A KeyboardInterrupt, so that everything that cleans up after Ctrl-C
+    (``finally`` blocks closing the event files) does so after SIGTERM too.
+    """
+
+
+# A second signal this soon after the first is taken as the same request
+# and ignored, so that the event files finish closing; a later one stops
+# again (the first may have been lost, see _in_finalizer).
+REPEAT_GRACE_SECONDS = 10.0
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """Stops the ``with`` block on SIGINT (KeyboardInterrupt) or SIGTERM
+    (:class:`Terminated`).
+
+    A repeated signal within ``REPEAT_GRACE_SECONDS`` is ignored while the
+    ``finally`` blocks close the event files; once the block is left after
+    a stop, further signals are ignored (the caller is expected to exit).
+    A SIGINT that the process inherited as ignored (a background job of a
+    script) stays ignored. Outside the main thread, where Python cannot
+    install handlers, this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    stopped_at: list[float] = []
+
+    def stop(signum, frame):
+        if _in_finalizer(frame):
+            # An exception raised in a __del__ or weakref callback is printed
+            # and swallowed: deliver the signal again a moment later.
+            threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+            return
+        now = time.monotonic()
+        if stopped_at and now - stopped_at[-1] < REPEAT_GRACE_SECONDS:
+            return
+        stopped_at.append(now)
+        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            previous[signum] = signal.signal(signum, stop)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            # After a stop the process is on its way out: ignore further
+            # signals. A Python handler would print a traceback during
+            # interpreter shutdown, and the shutdown resets Python handlers
+            # (not SIG_IGN) to the default action, which kills the process.
+            signal.signal(signum, signal.SIG_IGN if stopped_at else handler)
+
+
+def _in_finalizer(frame) -> bool:
+    # Whether Python is running a finalizer (a __del__, a weakref callback)
+    # that the garbage collector started inside the interrupted code.
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "__del__" or code.co_filename.endswith("weakref.py"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def interrupted(prog: str, err: KeyboardInterrupt, where: str) -> int:
+    """Prints one line saying what stopped the run and ``where`` the logs are;
+    returns 143 after SIGTERM, else 130."""
+    if isinstance(err, Terminated):
+        name, code = "SIGTERM", EXIT_SIGTERM
+    else:
+        name, code = "SIGINT", EXIT_SIGINT
+    print(f"\n{prog}: interrupted by {name}; {where}", file=sys.stderr, flush=True)
+    return code
+
+
+@contextlib.contextmanager
+def _native_stderr_muted():
+    # TensorFlow's native libraries write to file descriptor 2 directly, past
+    # sys.stderr: point it at /dev/null for the block.
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def import_tensorflow_quietly(initialize_devices: bool = True) -> None:
     """Imports TensorFlow without its C++ start-up chatter on stderr.
 
     On a machine without a GPU, TensorFlow's native libraries print "Could not
@@ -82,21 +187,35 @@ def import_tensorflow_quietly() -> None:
     before any Python logging setting applies; a command whose only output on
     bad input is one error line must not show them. Python exceptions raised
     by the import are not affected: stderr is restored before they propagate.
-    """
-    import os
 
+    Args:
+        initialize_devices: Also initialize TensorFlow's devices (which prints
+            more). Pass False to configure logical devices first, then call
+            :func:`initialize_devices_quietly`.
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if "tensorflow" in sys.modules:
         return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            import keras  # noqa: F401
-            import tensorflow as tf
+    with _native_stderr_muted():
+        import keras  # noqa: F401
+        import tensorflow as tf
 
+        if initialize_devices:
             tf.config.list_logical_devices()
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+
+
+def initialize_devices_quietly(replicas: int = 1) -> None:
+    """Initializes TensorFlow's devices, with the CPU split into ``replicas``
+    logical devices on a machine without GPUs, without the native chatter.
+
+    Raises:
+        ValueError: ``replicas`` is invalid, or the devices were initialized
+            before with fewer logical CPUs.
+    """
+    with _native_stderr_muted():
+        import tensorflow as tf
+
+        from tbgrad.distribute import configure_cpu_replicas
+
+        configure_cpu_replicas(replicas)
+        tf.config.list_logical_devices()

@@ -7,11 +7,11 @@ it), :func:`tbgrad.experiment.run` trains it.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields, replace
 
 from tbgrad.data import DATASETS
-from tbgrad.models import OPTIMIZERS, check_activation, make_initializer
+from tbgrad.distribute import check_replicas
+from tbgrad.models import OPTIMIZERS, check_activation, is_finite_number, make_initializer
 
 LOOPS = ("fit", "tape")
 
@@ -36,6 +36,10 @@ class RunConfig:
     histogram_freq: int = 1
     update_freq: str | int = "epoch"
     preset: str | None = None
+    # Op determinism on top of the seeds: identical logged values run to run.
+    deterministic: bool = False
+    # Devices to train on (MirroredStrategy when > 1); batch_size is global.
+    replicas: int = 1
 
     @property
     def learning_rate(self) -> float:
@@ -62,6 +66,8 @@ class RunConfig:
         parts.append(f"s{self.seed}")
         if self.loop != "fit":
             parts.append(self.loop)
+        if self.replicas != 1:
+            parts.append(f"r{self.replicas}")
         if self.preset:
             parts.insert(0, self.preset)
         return "-".join(parts)
@@ -85,10 +91,10 @@ class RunConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer. Received: {name}={value!r}")
-        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+        if self.lr is not None and not (is_finite_number(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a positive finite number. Received: lr={self.lr!r}")
         if self.momentum is not None and not (
-            math.isfinite(self.momentum) and 0 <= self.momentum < 1
+            is_finite_number(self.momentum) and 0 <= self.momentum < 1
         ):
             raise ValueError(f"momentum must be in [0, 1). Received: momentum={self.momentum!r}")
         if self.optimizer == "adam" and self.momentum:
@@ -96,7 +102,11 @@ class RunConfig:
                 "momentum applies to sgd and rmsprop, not adam. "
                 f"Received: optimizer='adam', momentum={self.momentum!r}"
             )
-        if isinstance(self.histogram_freq, bool) or self.histogram_freq < 0:
+        if (
+            isinstance(self.histogram_freq, bool)
+            or not isinstance(self.histogram_freq, int)
+            or self.histogram_freq < 0
+        ):
             raise ValueError(
                 "histogram_freq must be >= 0 (0: no histograms). "
                 f"Received: histogram_freq={self.histogram_freq!r}"
@@ -110,6 +120,14 @@ class RunConfig:
                 "update_freq must be 'epoch' or a positive number of steps. "
                 f"Received: update_freq={self.update_freq!r}"
             )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be an integer >= 0. Received: seed={self.seed!r}")
+        if not isinstance(self.deterministic, bool):
+            raise TypeError(
+                "deterministic must be True or False. "
+                f"Received: deterministic={self.deterministic!r}"
+            )
+        check_replicas(self.replicas)
         return self
 
 
@@ -173,7 +191,10 @@ def make_config(preset: str | None = None, **overrides) -> RunConfig:
     names = {f.name for f in fields(RunConfig)}
     for key, value in overrides.items():
         if key not in names:
-            raise TypeError(f"Unknown config field {key!r}")
+            raise TypeError(
+                f"Unknown config field {key!r}; valid fields: {', '.join(sorted(names))}. "
+                f"Received: {key}={value!r}"
+            )
         if value is not None:
             values[key] = value
     return replace(RunConfig(), **values).validate()

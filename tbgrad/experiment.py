@@ -10,9 +10,11 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from tbgrad.config import RunConfig
 from tbgrad.data import load_dataset
+from tbgrad.distribute import make_strategy
 from tbgrad.gradient_tensorboard import GradientTensorBoard
 from tbgrad.hparams import write_hparams
 from tbgrad.models import build_mlp, make_optimizer
@@ -64,19 +66,21 @@ class EpochProgress(keras.callbacks.Callback):
         self._bar.update(epoch + 1, values=values, finalize=epoch + 1 == self._epochs)
 
 
-def build(config: RunConfig):
-    """Returns (dataset, model, optimizer) for ``config``, seeded."""
+def build(config: RunConfig, strategy: tf.distribute.Strategy | None = None):
+    """Returns (dataset, model, optimizer) for ``config``, seeded, built in
+    ``strategy``'s scope (default: the current strategy)."""
     keras.utils.set_random_seed(config.seed)
     data = load_dataset(config.dataset)
-    model = build_mlp(
-        depth=config.depth,
-        width=config.width,
-        activation=config.act,
-        init=config.init,
-        output_init=config.output_init,
-        input_dim=data.input_dim,
-    )
-    optimizer = make_optimizer(config.optimizer, config.learning_rate, config.momentum_value)
+    with (strategy or tf.distribute.get_strategy()).scope():
+        model = build_mlp(
+            depth=config.depth,
+            width=config.width,
+            activation=config.act,
+            init=config.init,
+            output_init=config.output_init,
+            input_dim=data.input_dim,
+        )
+        optimizer = make_optimizer(config.optimizer, config.learning_rate, config.momentum_value)
     return data, model, optimizer
 
 
@@ -96,9 +100,17 @@ def run(
             taken name gets a ``-2``, ``-3``, ... suffix, never reused.
         verbose: 0 silent, 1 a progress bar over the epochs.
         on_start: Called with the run folder once it exists.
+
+    With ``config.deterministic``, TensorFlow's op determinism is turned on
+    for the rest of the process (it cannot be turned off again). With
+    ``config.replicas`` > 1 the devices must exist: see
+    :func:`tbgrad.distribute.configure_cpu_replicas`.
     """
     config.validate()
-    data, model, optimizer = build(config)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    strategy = make_strategy(config.replicas)
+    data, model, optimizer = build(config, strategy)
     run_dir = create_run_dir(logdir, run_name or config.run_name())
     write_hparams(run_dir, config)
     if on_start is not None:
@@ -106,7 +118,8 @@ def run(
     start = time.perf_counter()
     validation = (data.x_test, data.y_test)
     if config.loop == "fit":
-        model.compile(optimizer, "binary_crossentropy", metrics=["accuracy"])
+        with strategy.scope():
+            model.compile(optimizer, "binary_crossentropy", metrics=["accuracy"])
         callback = GradientTensorBoard(
             run_dir, histogram_freq=config.histogram_freq, update_freq=config.update_freq
         )
@@ -140,7 +153,8 @@ def run(
             seed=config.seed,
             verbose=verbose,
         )
-        model.compile(optimizer, "binary_crossentropy", metrics=["accuracy"])
+        with strategy.scope():
+            model.compile(optimizer, "binary_crossentropy", metrics=["accuracy"])
     seconds = time.perf_counter() - start
     train_loss, train_acc = _evaluate(model, data.x_train, data.y_train)
     test_loss, test_acc = _evaluate(model, data.x_test, data.y_test)

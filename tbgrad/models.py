@@ -7,6 +7,8 @@ run and every process (Keras 3's automatic names drift: ``dense_7``).
 
 from __future__ import annotations
 
+import math
+
 import keras
 
 # Short names for the initializers of the reference studies; any other Keras
@@ -157,6 +159,13 @@ def make_optimizer(
             0.001 for RMSprop and Adam.
         momentum: SGD's and RMSprop's momentum.
     """
+    if learning_rate is not None and not (is_finite_number(learning_rate) and learning_rate > 0):
+        raise ValueError(
+            "learning_rate must be a positive finite number. "
+            f"Received: learning_rate={learning_rate!r}"
+        )
+    if not (is_finite_number(momentum) and 0 <= momentum < 1):
+        raise ValueError(f"momentum must be in [0, 1). Received: momentum={momentum!r}")
     if name == "sgd":
         lr = 0.01 if learning_rate is None else learning_rate
         return keras.optimizers.SGD(learning_rate=lr, momentum=momentum)
@@ -173,3 +182,8 @@ def make_optimizer(
 
 
 OPTIMIZERS = ("sgd", "rmsprop", "adam")
+
+
+def is_finite_number(value) -> bool:
+    """Whether ``value`` is a real, finite number (not a bool, a string, NaN or inf)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

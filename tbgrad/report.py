@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from tbgrad import tags
 from tbgrad.eventlog import RunData, find_runs, load_run
@@ -194,6 +195,7 @@ def write_sweep_figure(summaries: list[RunSummary], path: str | os.PathLike) -> 
         if log:
             ax.set_yscale("log")
         ax.set_xlabel("hidden layers (depth)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize="small")

@@ -119,7 +119,8 @@ class GradientStats:
         if kernel_grads is None:
             return
         replica = tf.distribute.get_replica_context()
-        if replica is not None and replica.num_replicas_in_sync > 1:
+        distributed = replica is not None and replica.num_replicas_in_sync > 1
+        if distributed:
             # The optimizer all-reduces (sums) the replicas' gradients after
             # this point; reduce our copy the same way so that what we log is
             # what is applied to the weights.
@@ -132,6 +133,16 @@ class GradientStats:
             lambda: tf.stack([_finite_stats(g) for g in kernel_grads]),
         )
         first = tf.logical_and(tf.equal(self._steps, 0), self._capture)
+        if distributed:
+            # Assigning a mirrored variable in a replica context is a
+            # merge_call, which TF refuses inside a tf.cond branch: select
+            # with tf.where instead (every replica holds the same values).
+            for var, g in zip(self._captured, kernel_grads):
+                var.assign(tf.where(first, tf.cast(g, var.dtype), var))
+            self._sums.assign_add(step)
+            self._last.assign(step)
+            self._steps.assign_add(1)
+            return
 
         def capture():
             for var, g in zip(self._captured, kernel_grads):
@@ -211,13 +222,15 @@ def _fast_stats(g: tf.Tensor) -> tf.Tensor:
 
 def _finite_stats(g: tf.Tensor) -> tf.Tensor:
     # The statistics of the finite entries, and how many entries were not.
-    g = tf.cast(g, tf.float32)
+    # In float64: exploding gradients reach 1e20 and more before they turn
+    # Inf, and their squares would overflow float32 (a grad_std of Inf/NaN).
+    g = tf.cast(g, tf.float64)
     finite = tf.math.is_finite(g)
     gf = tf.where(finite, g, tf.zeros_like(g))
-    n = tf.reduce_sum(tf.cast(finite, tf.float32))
-    total = tf.cast(tf.size(g), tf.float32)
+    n = tf.reduce_sum(tf.cast(finite, tf.float64))
+    total = tf.cast(tf.size(g), tf.float64)
     mean = tf.math.divide_no_nan(tf.reduce_sum(gf), n)
     mean_abs = tf.math.divide_no_nan(tf.reduce_sum(tf.abs(gf)), n)
     mean_sq = tf.math.divide_no_nan(tf.reduce_sum(tf.square(gf)), n)
     std = tf.sqrt(tf.maximum(mean_sq - tf.square(mean), 0.0))
-    return tf.stack([mean_abs, std, total - n])
+    return tf.cast(tf.stack([mean_abs, std, total - n]), tf.float32)

@@ -11,6 +11,7 @@ are those of :class:`tbgrad.GradientTensorBoard`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from typing import Literal
@@ -90,16 +91,19 @@ def train_with_tape(
     y = np.asarray(y, dtype="float32")
     if len(x) != len(y):
         raise ValueError(f"x and y differ in length. Received: len(x)={len(x)}, len(y)={len(y)}")
-    if isinstance(optimizer, str):
-        optimizer = keras.optimizers.get(optimizer)
-    loss_fn = keras.losses.get(loss) if isinstance(loss, str) else loss
-    if not model.built:
-        model.build((None,) + x.shape[1:])
-    out_units = int(model.outputs[0].shape[-1]) if getattr(model, "outputs", None) else 1
-    metric_objs = [_metric(name, out_units) for name in metrics]
-    loss_tracker = keras.metrics.Mean(name="loss")
-
-    stats = GradientStats(kernel_layers(model))
+    strategy = _replica_strategy(model)
+    # Under a multi-replica strategy (the model built in its scope), our
+    # variables are mirrored too; a single device needs no scope.
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        if isinstance(optimizer, str):
+            optimizer = keras.optimizers.get(optimizer)
+        loss_fn = keras.losses.get(loss) if isinstance(loss, str) else loss
+        if not model.built:
+            model.build((None,) + x.shape[1:])
+        out_units = int(model.outputs[0].shape[-1]) if getattr(model, "outputs", None) else 1
+        metric_objs = [_metric(name, out_units) for name in metrics]
+        loss_tracker = keras.metrics.Mean(name="loss")
+        stats = GradientStats(kernel_layers(model))
     logger = SummaryLogger(log_dir, stats) if log_dir is not None else None
 
     n = len(x)
@@ -133,6 +137,9 @@ def train_with_tape(
         loss_tracker.update_state(value, sample_weight=weight)
         for metric in metric_objs:
             metric.update_state(tf.reshape(yb, tf.shape(pred)) if out_units == 1 else yb, pred)
+        after_step()
+
+    def after_step():
         global_step.assign_add(1)
         if log_steps:
             # The per-step summaries are written in the graph, at the global
@@ -157,6 +164,60 @@ def train_with_tape(
             loss_tracker.update_state(compute_loss(yb, pred), sample_weight=weight)
             for metric in metric_objs:
                 metric.update_state(tf.reshape(yb, tf.shape(pred)) if out_units == 1 else yb, pred)
+
+    if strategy is not None:
+        # Each replica takes its share of the global batch; the optimizer sums
+        # the replicas' gradients (and GradientStats logs that sum), so each
+        # replica's loss is weighted by its share of the samples: the sum is
+        # then the gradient of the global batch's mean loss, as on one device.
+        def replica_loss(xb, yb, training):
+            n = tf.cast(tf.shape(xb)[0], tf.float32)
+            total = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, n)
+            pred = model(xb, training=training)
+            # A replica can get no sample of the last batch: its loss is 0, not NaN.
+            value = tf.where(n > 0, compute_loss(yb, pred), 0.0)
+            return pred, value, n, tf.math.divide_no_nan(n, total)
+
+        def update_metrics(yb, pred, value, n):
+            loss_tracker.update_state(value, sample_weight=n)
+            for metric in metric_objs:
+                metric.update_state(tf.reshape(yb, tf.shape(pred)) if out_units == 1 else yb, pred)
+
+        def replica_train_step(xb, yb):
+            with tf.GradientTape() as tape:
+                pred, value, n, share = replica_loss(xb, yb, training=True)
+                scaled = value * share
+            variables = model.trainable_variables
+            optimizer.apply(tape.gradient(scaled, variables), variables)
+            update_metrics(yb, pred, value, n)
+
+        def replica_eval_step(xb, yb):
+            update_metrics(yb, *replica_loss(xb, yb, training=False)[:3])
+
+        @tf.function
+        def train_epoch(dataset):
+            for xb, yb in dataset:
+                strategy.run(replica_train_step, args=(xb, yb))
+                # One global step and one writer, outside the replicas. The
+                # loop over a distributed dataset is a tf.while_loop whose
+                # "while/" name scope would prefix the batch_* tags: reset it.
+                with tf.compat.v1.name_scope(None):
+                    after_step()
+
+        @tf.function
+        def evaluate(dataset):
+            for xb, yb in dataset:
+                strategy.run(replica_eval_step, args=(xb, yb))
+
+        # Slot variables (momentum, ...) created lazily inside the compiled
+        # epoch would need tf.function's lifted initializer, which fails
+        # across replicas: create them now.
+        if not optimizer.built:
+            with strategy.scope():
+                optimizer.build(model.trainable_variables)
+        train_ds = strategy.experimental_distribute_dataset(train_ds)
+        if val_ds is not None:
+            val_ds = strategy.experimental_distribute_dataset(val_ds)
 
     history: dict[str, list[float]] = {}
     progbar = keras.utils.Progbar(epochs, verbose=verbose, unit_name="epoch") if verbose else None
@@ -195,6 +256,12 @@ def train_with_tape(
         if logger is not None:
             logger.close()
     return history
+
+
+def _replica_strategy(model):
+    # The strategy the model was built under, if it spans several replicas.
+    strategy = getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
+    return strategy if strategy.num_replicas_in_sync > 1 else None
 
 
 def _metric(name, out_units: int):

@@ -9,7 +9,9 @@ import sys
 from tbgrad import cli
 from tbgrad.runs import check_logdir
 
-cli.import_tensorflow_quietly()
+# Devices are initialized in main(), once --replicas is known: logical CPU
+# devices can only be configured before that.
+cli.import_tensorflow_quietly(initialize_devices=False)
 
 from tbgrad.config import LOOPS, PRESET_DESCRIPTIONS, PRESETS, make_config  # noqa: E402
 from tbgrad.data import DATASETS  # noqa: E402
@@ -81,6 +83,17 @@ def build_parser() -> argparse.ArgumentParser:
         type=cli.update_freq,
         help="'epoch', or N: batch_* scalars every N steps (default epoch)",
     )
+    p.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="deterministic TensorFlow ops: the same config logs identical values",
+    )
+    p.add_argument(
+        "--replicas",
+        type=cli.positive_int,
+        help="train on N devices with MirroredStrategy (N GPUs, else N logical "
+        "CPUs; --batch-size is the global batch) (default 1)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -103,6 +116,8 @@ def config_from_args(args: argparse.Namespace):
         seed=args.seed,
         histogram_freq=args.histogram_freq,
         update_freq=args.update_freq,
+        deterministic=args.deterministic or None,
+        replicas=args.replicas,
     )
 
 
@@ -114,25 +129,40 @@ def main(argv: list[str] | None = None) -> int:
         check_logdir(args.logdir)
         if args.run_name is not None and not args.run_name.strip():
             raise ValueError("run name must not be empty. Received: --run-name ''")
+        cli.initialize_devices_quietly(config.replicas)
     except (ValueError, TypeError) as err:
         return cli.fail(PROG, str(err))
 
     from tbgrad import experiment
 
+    run_dirs = []
+
     def started(run_dir):
+        run_dirs.append(run_dir)
         print(f"run folder: {run_dir}", flush=True)
 
     try:
-        result = experiment.run(
-            config,
-            logdir=args.logdir,
-            run_name=args.run_name,
-            verbose=0 if args.quiet else 1,
-            on_start=started,
-        )
+        with cli.stop_on_signals():
+            result = experiment.run(
+                config,
+                logdir=args.logdir,
+                run_name=args.run_name,
+                verbose=0 if args.quiet else 1,
+                on_start=started,
+            )
+            experiment.write_result(result)
     except ValueError as err:
         return cli.fail(PROG, str(err))
-    experiment.write_result(result)
+    except KeyboardInterrupt as err:
+        # experiment.run has closed the event files on the way out.
+        if not run_dirs:
+            return cli.interrupted(PROG, err, "stopped before the run folder was created")
+        return cli.interrupted(
+            PROG,
+            err,
+            f"every finished epoch is in {run_dirs[0]}; "
+            f"view: tensorboard --logdir {os.path.normpath(args.logdir)}",
+        )
     print(
         f"final accuracy: train {result.train_accuracy:.3f}, test {result.test_accuracy:.3f} "
         f"(loss {result.train_loss:.4f} / {result.test_loss:.4f}, {result.seconds:.1f}s)"
