@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from tbgrad.config import RunConfig, make_config
+from tbgrad.glorot_check import flatness
+from tbgrad.report import geomean
 
 SEEDS = (1, 2, 3, 4, 5)
 B_SEEDS = (42, 43, 44, 45, 46)
@@ -311,8 +313,8 @@ def qualitative_checks(groups: list[Group], gb: dict) -> list[tuple[str, bool, s
     checks = []
     a2, a3 = by_key.get("A2"), by_key.get("A3")
     if a2 and a3 and a2.runs and a3.runs:
-        r2 = _geomean([r["weakest_ratio"] for r in a2.runs])
-        r3 = _geomean([r["weakest_ratio"] for r in a3.runs])
+        r2 = geomean([r["weakest_ratio"] for r in a2.runs])
+        r3 = geomean([r["weakest_ratio"] for r in a3.runs])
         checks.append(
             (
                 "deep tanh + uniform01 gradient ratio far below relu + He",
@@ -333,17 +335,6 @@ def qualitative_checks(groups: list[Group], gb: dict) -> list[tuple[str, bool, s
             )
         )
     return checks
-
-
-def flatness(profile) -> float:
-    from tbgrad.glorot_check import flatness as _flatness
-
-    return _flatness(profile)
-
-
-def _geomean(values) -> float:
-    values = np.array([v for v in values if v is not None and v > 0], dtype=float)
-    return float(np.exp(np.mean(np.log(values)))) if values.size else math.nan
 
 
 # -- figures -----------------------------------------------------------------------
@@ -501,6 +492,10 @@ def _verdicts(runs: list[dict]) -> str:
     return ", ".join(f"{n} {label}" for label, n in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
+def _header(*cells: str) -> str:
+    return "| " + " | ".join(cells) + " |\n|" + "---|" * len(cells)
+
+
 def _row(group: Group, cells: list[str]) -> str:
     return "| " + " | ".join([group.title, group.reported or "-", *cells]) + " |"
 
@@ -517,7 +512,6 @@ def results_markdown(
         return [f"![{alt}]({rel(figures[key])})", ""] if key in figures else []
 
     by_key = {g.key: g for g in groups}
-    n = lambda g: len(g.runs)  # noqa: E731
     lines = [
         "# Reproduction of the reference studies",
         "",
@@ -539,8 +533,14 @@ def results_markdown(
         "",
         "## Study A: vanishing gradients with tanh, fixed by relu + He",
         "",
-        "| configuration | reported | train accuracy | test accuracy | verdicts | weakest layer / output (median over epochs) |",
-        "|---|---|---|---|---|---|",
+        _header(
+            "configuration",
+            "reported",
+            "train accuracy",
+            "test accuracy",
+            "verdicts",
+            "weakest layer / output (median over epochs)",
+        ),
     ]
     for key in ("A1", "A2", "A3", "A4", "A5"):
         g = by_key.get(key)
@@ -552,7 +552,7 @@ def results_markdown(
                         fmt([r["train_accuracy"] for r in g.runs]),
                         fmt([r["test_accuracy"] for r in g.runs]),
                         _verdicts(g.runs),
-                        f"{_geomean([r['weakest_ratio'] for r in g.runs]):.3g}",
+                        f"{geomean([r['weakest_ratio'] for r in g.runs]):.3g}",
                     ],
                 )
             )
@@ -590,8 +590,14 @@ def results_markdown(
         lines += [
             "## Study B: 4 hidden layers, RandomNormal(0, 1), RMSprop, 100 epochs",
             "",
-            "| model (loop) | reported | accuracy before | accuracy after | loss after | verdicts |",
-            "|---|---|---|---|---|---|",
+            _header(
+                "model (loop)",
+                "reported",
+                "accuracy before",
+                "accuracy after",
+                "loss after",
+                "verdicts",
+            ),
         ]
         for key in b_main:
             g = by_key[key]
@@ -621,8 +627,13 @@ def results_markdown(
             "",
             "### tanh + uniform01, depth 1 to 10, width 5 and 25 (SGD, 500 epochs)",
             "",
-            "| depth | width 5: test accuracy | width 5: verdicts | width 25: test accuracy | width 25: verdicts |",
-            "|---|---|---|---|---|",
+            _header(
+                "depth",
+                "width 5: test accuracy",
+                "width 5: verdicts",
+                "width 25: test accuracy",
+                "width 25: verdicts",
+            ),
         ]
         for depth in range(1, 11):
             cells = []
@@ -641,14 +652,19 @@ def results_markdown(
         lines += [
             "### The deep tanh model (A2) with Xavier init, and with Adam",
             "",
-            "| configuration | train accuracy | test accuracy | verdicts | weakest layer / output |",
-            "|---|---|---|---|---|",
+            _header(
+                "configuration",
+                "train accuracy",
+                "test accuracy",
+                "verdicts",
+                "weakest layer / output",
+            ),
         ]
         for g in extra:
             lines.append(
                 f"| {g.title} | {fmt([r['train_accuracy'] for r in g.runs])} | "
                 f"{fmt([r['test_accuracy'] for r in g.runs])} | {_verdicts(g.runs)} | "
-                f"{_geomean([r['weakest_ratio'] for r in g.runs]):.3g} |"
+                f"{geomean([r['weakest_ratio'] for r in g.runs]):.3g} |"
             )
         lines.append("")
     if "weight_l1" in figures:
@@ -663,8 +679,13 @@ def results_markdown(
             "(h: a hidden layer's output) over the training data, mean over seeds. Standard "
             "init is U[-1/√n_in, 1/√n_in]; Glorot's is U[±√6/√(n_in + n_out)].",
             "",
-            "| hidden layer | standard, at init | Glorot, at init | standard, after training | Glorot, after training |",
-            "|---|---|---|---|---|",
+            _header(
+                "hidden layer",
+                "standard, at init",
+                "Glorot, at init",
+                "standard, after training",
+                "Glorot, after training",
+            ),
         ]
         for i in range(layers):
             cells = [
@@ -680,7 +701,8 @@ def results_markdown(
             for key in ("at_init", "after")
         }
         lines += [
-            f"| max / min | {flat['standard', 'at_init']:.3g} | {flat['glorot_uniform', 'at_init']:.3g} | "
+            f"| max / min | {flat['standard', 'at_init']:.3g} | "
+            f"{flat['glorot_uniform', 'at_init']:.3g} | "
             f"{flat['standard', 'after']:.3g} | {flat['glorot_uniform', 'after']:.3g} |",
             "",
         ]
