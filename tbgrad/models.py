@@ -17,8 +17,16 @@ INITIALIZER_ALIASES = {
     "uniform01": "RandomUniform(0, 1)",
     "normal": "RandomNormal(0, 1)",
     "xavier": "glorot_uniform",
+    "standard": "U[-1/sqrt(fan_in), 1/sqrt(fan_in)] (Glorot & Bengio's 'standard')",
 }
-NAMED_INITIALIZERS = ("uniform01", "normal", "glorot_uniform", "xavier", "he_uniform")
+NAMED_INITIALIZERS = (
+    "uniform01",
+    "normal",
+    "glorot_uniform",
+    "xavier",
+    "he_uniform",
+    "standard",
+)
 NAMED_ACTIVATIONS = ("sigmoid", "tanh", "relu")
 
 
@@ -26,13 +34,20 @@ def make_initializer(name: str, seed: int | None = None) -> keras.initializers.I
     """Returns a fresh Keras initializer for ``name``.
 
     ``uniform01`` is ``RandomUniform(0, 1)``, ``normal`` is
-    ``RandomNormal(0, 1)``, ``xavier`` is ``glorot_uniform``; any other name
-    is looked up with ``keras.initializers.get``.
+    ``RandomNormal(0, 1)``, ``xavier`` is ``glorot_uniform``, ``standard`` is
+    Glorot & Bengio's U[-1/sqrt(fan_in), 1/sqrt(fan_in)]; any other name is
+    looked up with ``keras.initializers.get``.
     """
     if name == "uniform01":
         return keras.initializers.RandomUniform(0.0, 1.0, seed=seed)
     if name == "normal":
         return keras.initializers.RandomNormal(0.0, 1.0, seed=seed)
+    if name == "standard":
+        # Var = 1/(3 fan_in): U[-1/sqrt(fan_in), 1/sqrt(fan_in)], the heuristic
+        # Glorot & Bengio (2010) compare their normalized initialization with.
+        return keras.initializers.VarianceScaling(
+            scale=1.0 / 3.0, mode="fan_in", distribution="uniform", seed=seed
+        )
     if name == "xavier":
         name = "glorot_uniform"
     try:

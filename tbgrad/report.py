@@ -175,11 +175,11 @@ def write_sweep_figure(summaries: list[RunSummary], path: str | os.PathLike) -> 
     axes = fig.subplots(1, 3)
     panels = (
         ("final validation accuracy", lambda s: s.val_accuracy, np.nanmean, False),
-        ("grad_ratio, last epoch (first layer / output)", lambda s: s.grad_ratio, _geomean, True),
+        ("grad_ratio, last epoch (first layer / output)", lambda s: s.grad_ratio, geomean, True),
         (
             "verdict: median weakest layer / output",
             lambda s: s.verdict.weakest_ratio,
-            _geomean,
+            geomean,
             True,
         ),
     )
@@ -220,7 +220,7 @@ def _last(values: np.ndarray) -> float:
     return float(values[-1]) if len(values) else math.nan
 
 
-def _geomean(values) -> float:
+def geomean(values) -> float:
     values = np.array([v for v in values if v is not None and v > 0], dtype=float)
     return float(np.exp(np.mean(np.log(values)))) if values.size else math.nan
 
