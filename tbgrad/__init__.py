@@ -18,6 +18,13 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 _PUBLIC = {
+    "RunConfig": "tbgrad.config",
+    "make_config": "tbgrad.config",
+    "PRESETS": "tbgrad.config",
+    "load_run": "tbgrad.eventlog",
+    "find_runs": "tbgrad.eventlog",
+    "run_sweep": "tbgrad.sweep",
+    "verdict_of": "tbgrad.verdict",
     "DATASETS": "tbgrad.data",
     "Dataset": "tbgrad.data",
     "load_dataset": "tbgrad.data",
@@ -33,6 +40,13 @@ _PUBLIC = {
 }
 
 __all__ = [
+    "PRESETS",
+    "RunConfig",
+    "find_runs",
+    "load_run",
+    "make_config",
+    "run_sweep",
+    "verdict_of",
     "DATASETS",
     "Dataset",
     "GradientStats",
@@ -48,13 +62,17 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from tbgrad.config import PRESETS, RunConfig, make_config
     from tbgrad.data import DATASETS, Dataset, load_dataset
+    from tbgrad.eventlog import find_runs, load_run
     from tbgrad.gradient_tensorboard import GradientTensorBoard
     from tbgrad.hook import OptimizerHook
     from tbgrad.models import build_mlp, make_initializer, make_optimizer
     from tbgrad.stats import GradientStats, kernel_layers
     from tbgrad.summary import SummaryLogger
+    from tbgrad.sweep import run_sweep
     from tbgrad.tape import train_with_tape
+    from tbgrad.verdict import verdict_of
 
 
 def __getattr__(name: str):

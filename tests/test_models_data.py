@@ -98,3 +98,11 @@ def test_run_dirs_are_never_reused(tmp_path):
     second = create_run_dir(tmp_path, "run")
     third = create_run_dir(tmp_path, "a/b c")
     assert [first.name, second.name, third.name] == ["run", "run-2", "a_b_c"]
+
+
+def test_public_surface_resolves():
+    assert sorted(tbgrad.__all__) == sorted(tbgrad._PUBLIC)
+    for name in tbgrad.__all__:
+        assert getattr(tbgrad, name) is not None
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        tbgrad.nope  # noqa: B018
