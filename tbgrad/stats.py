@@ -7,9 +7,12 @@ callback (through a hook on the optimizer) and the tape loop (directly) call
 
 Per step and per layer it adds mean |g| and std(g) of the kernel gradient and
 the number of non-finite entries; at the first step of an epoch it also keeps
-a copy of every kernel gradient for the histogram. The hot path is a handful
-of reductions per layer and one ``assign_add``; the finite-only recount runs
-only in steps whose gradients hold a NaN or an Inf.
+a copy of every kernel gradient for the histogram. The hot path is three
+row sums per group of layers and one ``assign_add``: small kernels of the same
+size are stacked and reduced together, so a deep model costs a few ops per
+step and per distinct kernel size rather than a dozen per layer (on a CPU
+the per-op cost, not the arithmetic, dominates for small kernels). The
+finite-only recount runs only in steps whose gradients hold a NaN or an Inf.
 """
 
 from __future__ import annotations
@@ -23,6 +26,11 @@ import tensorflow as tf
 # Columns of the per-layer statistics matrix.
 MEAN_ABS, STD, NONFINITE = 0, 1, 2
 N_STATS = 3
+
+# Kernels up to this many entries are stacked with the others of their size
+# and reduced in one op; a bigger one is reduced alone, since stacking would
+# copy it every step for no saving.
+STACK_MAX_SIZE = 16384
 
 
 @dataclass(frozen=True)
@@ -104,6 +112,7 @@ class GradientStats:
         ]
         self._index = {id(layer.kernel): i for i, layer in enumerate(self.layers)}
         self._path_index = {layer.kernel.path: i for i, layer in enumerate(self.layers)}
+        self._groups, self._order = _size_groups(self.layers)
 
     # -- inside the compiled train step ------------------------------------
 
@@ -125,11 +134,11 @@ class GradientStats:
             # what is applied to the weights.
             kernel_grads = replica.all_reduce(tf.distribute.ReduceOp.SUM, kernel_grads)
         kernel_grads = [tf.convert_to_tensor(g) for g in kernel_grads]
-        step = tf.stack([_fast_stats(g) for g in kernel_grads])
+        step = self._step_stats(kernel_grads, _fast_stats)
         step = tf.cond(
             tf.reduce_all(tf.math.is_finite(step)),
             lambda: step,
-            lambda: tf.stack([_finite_stats(g) for g in kernel_grads]),
+            lambda: self._step_stats(kernel_grads, _finite_stats),
         )
         first = tf.logical_and(tf.equal(self._steps, 0), self._capture)
 
@@ -144,6 +153,21 @@ class GradientStats:
             self._sums.assign_add(step)
             self._last.assign(step)
             self._steps.assign_add(1)
+
+    def _step_stats(self, kernel_grads, block_stats) -> tf.Tensor:
+        # [layers, N_STATS] in layer order, from one [k, size] block per group.
+        parts = []
+        for group in self._groups:
+            if len(group) == 1:
+                block = tf.reshape(tf.cast(kernel_grads[group[0]], tf.float32), [1, -1])
+            else:
+                block = tf.reshape(
+                    tf.stack([tf.cast(kernel_grads[i], tf.float32) for i in group]),
+                    [len(group), -1],
+                )
+            parts.append(block_stats(block))
+        step = parts[0] if len(parts) == 1 else tf.concat(parts, axis=0)
+        return step if self._order is None else tf.gather(step, self._order)
 
     def _select(self, grads, variables):
         grads = list(grads)
@@ -200,24 +224,46 @@ class GradientStats:
         return self._captured
 
 
-def _fast_stats(g: tf.Tensor) -> tf.Tensor:
-    g = tf.cast(g, tf.float32)
-    mean = tf.reduce_mean(g)
-    mean_abs = tf.reduce_mean(tf.abs(g))
-    mean_sq = tf.reduce_mean(tf.square(g))
-    std = tf.sqrt(tf.maximum(mean_sq - tf.square(mean), 0.0))
-    return tf.stack([mean_abs, std, tf.constant(0.0)])
+def _size_groups(layers: list[KernelLayer]):
+    """Groups of layer indices reduced together, and the order to undo it.
+
+    Returns ``(groups, order)``: ``order`` gathers the concatenated group
+    rows back into layer order (None when they already are).
+    """
+    by_size: dict[int, list[int]] = {}
+    groups = []
+    for i, layer in enumerate(layers):
+        size = int(np.prod(layer.kernel.shape))
+        if size > STACK_MAX_SIZE:
+            groups.append([i])
+        else:
+            by_size.setdefault(size, []).append(i)
+    groups += list(by_size.values())
+    groups.sort(key=lambda group: group[0])
+    flat = [i for group in groups for i in group]
+    if flat == list(range(len(layers))):
+        return groups, None
+    return groups, tf.constant(np.argsort(flat), tf.int32)
 
 
-def _finite_stats(g: tf.Tensor) -> tf.Tensor:
-    # The statistics of the finite entries, and how many entries were not.
-    g = tf.cast(g, tf.float32)
-    finite = tf.math.is_finite(g)
-    gf = tf.where(finite, g, tf.zeros_like(g))
-    n = tf.reduce_sum(tf.cast(finite, tf.float32))
-    total = tf.cast(tf.size(g), tf.float32)
-    mean = tf.math.divide_no_nan(tf.reduce_sum(gf), n)
-    mean_abs = tf.math.divide_no_nan(tf.reduce_sum(tf.abs(gf)), n)
-    mean_sq = tf.math.divide_no_nan(tf.reduce_sum(tf.square(gf)), n)
+def _fast_stats(block: tf.Tensor) -> tf.Tensor:
+    # Per row of a [k, n] block: mean |g|, std(g), 0 non-finite.
+    n = tf.cast(tf.shape(block)[1], tf.float32)
+    mean = tf.reduce_sum(block, axis=1) / n
+    mean_abs = tf.reduce_sum(tf.abs(block), axis=1) / n
+    mean_sq = tf.reduce_sum(tf.square(block), axis=1) / n
     std = tf.sqrt(tf.maximum(mean_sq - tf.square(mean), 0.0))
-    return tf.stack([mean_abs, std, total - n])
+    return tf.stack([mean_abs, std, tf.zeros_like(std)], axis=1)
+
+
+def _finite_stats(block: tf.Tensor) -> tf.Tensor:
+    # The statistics of each row's finite entries, and how many were not.
+    finite = tf.math.is_finite(block)
+    gf = tf.where(finite, block, tf.zeros_like(block))
+    n = tf.reduce_sum(tf.cast(finite, tf.float32), axis=1)
+    total = tf.cast(tf.shape(block)[1], tf.float32)
+    mean = tf.math.divide_no_nan(tf.reduce_sum(gf, axis=1), n)
+    mean_abs = tf.math.divide_no_nan(tf.reduce_sum(tf.abs(gf), axis=1), n)
+    mean_sq = tf.math.divide_no_nan(tf.reduce_sum(tf.square(gf), axis=1), n)
+    std = tf.sqrt(tf.maximum(mean_sq - tf.square(mean), 0.0))
+    return tf.stack([mean_abs, std, total - n], axis=1)
