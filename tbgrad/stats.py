@@ -113,6 +113,9 @@ class GradientStats:
         self._index = {id(layer.kernel): i for i, layer in enumerate(self.layers)}
         self._path_index = {layer.kernel.path: i for i, layer in enumerate(self.layers)}
         self._groups, self._order = _size_groups(self.layers)
+        self._sizes = np.array(
+            [np.prod(layer.kernel.shape) for layer in self.layers], dtype=np.float32
+        )
 
     # -- inside the compiled train step ------------------------------------
 
@@ -134,11 +137,11 @@ class GradientStats:
             # what is applied to the weights.
             kernel_grads = replica.all_reduce(tf.distribute.ReduceOp.SUM, kernel_grads)
         kernel_grads = [tf.convert_to_tensor(g) for g in kernel_grads]
-        step = self._step_stats(kernel_grads, _fast_stats)
+        step = self._step_stats(kernel_grads, finite_only=False)
         step = tf.cond(
             tf.reduce_all(tf.math.is_finite(step)),
             lambda: step,
-            lambda: self._step_stats(kernel_grads, _finite_stats),
+            lambda: self._step_stats(kernel_grads, finite_only=True),
         )
         first = tf.logical_and(tf.equal(self._steps, 0), self._capture)
 
@@ -154,20 +157,25 @@ class GradientStats:
             self._last.assign(step)
             self._steps.assign_add(1)
 
-    def _step_stats(self, kernel_grads, block_stats) -> tf.Tensor:
-        # [layers, N_STATS] in layer order, from one [k, size] block per group.
+    def _step_stats(self, kernel_grads, finite_only: bool) -> tf.Tensor:
+        # [layers, N_STATS] in layer order. Each group's [k, size] block gives
+        # its row sums; the arithmetic then runs once on all layers.
         parts = []
         for group in self._groups:
-            if len(group) == 1:
-                block = tf.reshape(tf.cast(kernel_grads[group[0]], tf.float32), [1, -1])
-            else:
-                block = tf.reshape(
-                    tf.stack([tf.cast(kernel_grads[i], tf.float32) for i in group]),
-                    [len(group), -1],
-                )
-            parts.append(block_stats(block))
-        step = parts[0] if len(parts) == 1 else tf.concat(parts, axis=0)
-        return step if self._order is None else tf.gather(step, self._order)
+            grads = [tf.cast(kernel_grads[i], tf.float32) for i in group]
+            # A lone kernel is reshaped, not stacked: stacking one tensor copies it.
+            block = tf.reshape(grads[0] if len(grads) == 1 else tf.stack(grads), [len(grads), -1])
+            parts.append(_finite_sums(block) if finite_only else _sums(block))
+        sums = parts[0] if len(parts) == 1 else tf.concat(parts, axis=0)
+        if self._order is not None:
+            sums = tf.gather(sums, self._order)
+        sizes = tf.constant(self._sizes)
+        n = sums[:, 3] if finite_only else sizes
+        mean_abs = tf.math.divide_no_nan(sums[:, 0], n)
+        mean = tf.math.divide_no_nan(sums[:, 1], n)
+        mean_sq = tf.math.divide_no_nan(sums[:, 2], n)
+        std = tf.sqrt(tf.maximum(mean_sq - tf.square(mean), 0.0))
+        return tf.stack([mean_abs, std, sizes - n], axis=1)
 
     def _select(self, grads, variables):
         grads = list(grads)
@@ -246,24 +254,20 @@ def _size_groups(layers: list[KernelLayer]):
     return groups, tf.constant(np.argsort(flat), tf.int32)
 
 
-def _fast_stats(block: tf.Tensor) -> tf.Tensor:
-    # Per row of a [k, n] block: mean |g|, std(g), 0 non-finite.
-    n = tf.cast(tf.shape(block)[1], tf.float32)
-    mean = tf.reduce_sum(block, axis=1) / n
-    mean_abs = tf.reduce_sum(tf.abs(block), axis=1) / n
-    mean_sq = tf.reduce_sum(tf.square(block), axis=1) / n
-    std = tf.sqrt(tf.maximum(mean_sq - tf.square(mean), 0.0))
-    return tf.stack([mean_abs, std, tf.zeros_like(std)], axis=1)
+def _sums(block: tf.Tensor) -> tf.Tensor:
+    # Per row of a [k, n] block: sum |g|, sum g, sum g^2.
+    return tf.stack(
+        [
+            tf.reduce_sum(tf.abs(block), axis=1),
+            tf.reduce_sum(block, axis=1),
+            tf.reduce_sum(tf.square(block), axis=1),
+        ],
+        axis=1,
+    )
 
 
-def _finite_stats(block: tf.Tensor) -> tf.Tensor:
-    # The statistics of each row's finite entries, and how many were not.
+def _finite_sums(block: tf.Tensor) -> tf.Tensor:
+    # The same sums over each row's finite entries, and how many those are.
     finite = tf.math.is_finite(block)
-    gf = tf.where(finite, block, tf.zeros_like(block))
     n = tf.reduce_sum(tf.cast(finite, tf.float32), axis=1)
-    total = tf.cast(tf.shape(block)[1], tf.float32)
-    mean = tf.math.divide_no_nan(tf.reduce_sum(gf, axis=1), n)
-    mean_abs = tf.math.divide_no_nan(tf.reduce_sum(tf.abs(gf), axis=1), n)
-    mean_sq = tf.math.divide_no_nan(tf.reduce_sum(tf.square(gf), axis=1), n)
-    std = tf.sqrt(tf.maximum(mean_sq - tf.square(mean), 0.0))
-    return tf.stack([mean_abs, std, total - n], axis=1)
+    return tf.concat([_sums(tf.where(finite, block, tf.zeros_like(block))), n[:, None]], axis=1)
