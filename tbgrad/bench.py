@@ -11,14 +11,17 @@ Five ways to train the same model on the same data, run side by side:
   ``tf.data`` ``batch(32)`` data set, one tape per step, the first step's
   kernel gradients of every epoch copied to numpy.
 
-Every variant runs twice per repeat, for ``epochs`` epochs and for one
-epoch, and the variants alternate inside a repeat, so a change of machine
-load hits them all alike. A warm-up round (one epoch of each) comes first.
-Reported medians over the repeats:
+Every variant runs once per repeat and the variants alternate (their order
+rotates each repeat), so a change of machine load hits them all alike. A
+warm-up round (one epoch of each) comes first. The end of every epoch is
+timed: by a last callback for ``model.fit``, by the loop itself for the
+eager loop, and by the wall time the event file records for each epoch of
+the tape loop. Reported medians over the repeats:
 
-* ``first_s``: the one-epoch run: set-up, tracing and one epoch;
-* ``epoch_ms``: the steady per-epoch time, ``(T(epochs) - T(1)) / (epochs - 1)``;
-* ``total_s``: the ``epochs`` run, everything included;
+* ``first_s``: from the call to the end of the first epoch: set-up, tracing
+  and one epoch;
+* ``epoch_ms``: the steady per-epoch time, the median of the later epochs;
+* ``total_s``: the whole call, everything included;
 * ``bytes_per_epoch``: the size of the run folder over ``epochs``.
 """
 
@@ -143,12 +146,24 @@ def _model(workload: Workload):
 # -- the variants -----------------------------------------------------------
 
 
+def _epoch_clock(ends: list[float]):
+    import keras
+
+    class EpochClock(keras.callbacks.Callback):
+        # Only on_epoch_end: Keras keeps its asynchronous batch dispatch.
+        def on_epoch_end(self, epoch, logs=None):
+            ends.append(time.perf_counter())
+
+    return EpochClock()
+
+
 def _run_fit(callback_factory):
-    def run(workload, data, epochs, log_dir):
+    def run(workload, data, epochs, log_dir, ends):
         model, optimizer = _model(workload)
         model.compile(optimizer, "binary_crossentropy", metrics=["accuracy"])
         x, y, val = data
         callbacks = [callback_factory(log_dir)] if callback_factory else []
+        callbacks.append(_epoch_clock(ends))  # last: after the logging
         model.fit(
             x,
             y,
@@ -175,7 +190,9 @@ def _tbgrad_callback(log_dir):
     return GradientTensorBoard(log_dir, histogram_freq=1)
 
 
-def _run_tape(workload, data, epochs, log_dir):
+def _run_tape(workload, data, epochs, log_dir, ends):
+    from tensorboard.backend.event_processing import event_accumulator
+
     from tbgrad.tape import train_with_tape
 
     model, optimizer = _model(workload)
@@ -193,10 +210,18 @@ def _run_tape(workload, data, epochs, log_dir):
         seed=1,
         verbose=0,
     )
+    # The writer stamps each epoch's event with the time it was written, at
+    # the end of the epoch (the event file's clock is time.time()).
+    offset = time.perf_counter() - time.time()
+    events = event_accumulator.EventAccumulator(
+        os.path.join(log_dir, "train"), size_guidance={event_accumulator.TENSORS: 0}
+    )
+    events.Reload()
+    ends += [event.wall_time + offset for event in events.Tensors("epoch_loss")]
     return model
 
 
-def _run_eager_reference(workload, data, epochs, log_dir):
+def _run_eager_reference(workload, data, epochs, log_dir, ends):
     """Study B's gradient loop (part 2), as written there, eager.
 
     A shuffled (buffer 1024) ``batch(32)`` data set, one tape per step, the
@@ -234,6 +259,7 @@ def _run_eager_reference(workload, data, epochs, log_dir):
         losses.append(float(loss))
         if val is not None:
             float(loss_fn(val[1].reshape(-1, 1), model(val[0], training=False)))
+        ends.append(time.perf_counter())
     return model
 
 
@@ -258,14 +284,19 @@ def _folder_bytes(path: str) -> int:
 
 
 def _timed(variant: str, workload: Workload, data, epochs: int, scratch: str):
+    """(seconds to the first epoch's end, steady ms per epoch, total s, bytes, params)."""
     log_dir = tempfile.mkdtemp(prefix=f"{variant.replace('+', '_')}-", dir=scratch)
+    ends: list[float] = []
     gc.collect()
     start = time.perf_counter()
-    model = RUNNERS[variant](workload, data, epochs, log_dir)
+    model = RUNNERS[variant](workload, data, epochs, log_dir, ends)
     seconds = time.perf_counter() - start
     size = _folder_bytes(log_dir)
     shutil.rmtree(log_dir, ignore_errors=True)
-    return seconds, size, model.count_params()
+    if len(ends) != epochs:
+        raise RuntimeError(f"{variant}: timed {len(ends)} epochs of {epochs}")
+    steady = statistics.median(b - a for a, b in zip(ends, ends[1:])) * 1000
+    return ends[0] - start, steady, seconds, size, model.count_params()
 
 
 def bench_workload(
@@ -280,57 +311,47 @@ def bench_workload(
     """Times ``variants`` on ``workload``, alternating; returns their medians."""
     epochs = epochs or workload.epochs
     if epochs < 2:
-        raise ValueError(
-            f"epochs must be >= 2 (steady time = T(epochs) - T(1)). Received: {epochs}"
-        )
+        raise ValueError(f"epochs must be >= 2 (a first and a steady epoch). Received: {epochs}")
     data = load_data(workload, samples)
-    first: dict[str, list[float]] = {v: [] for v in variants}
-    total: dict[str, list[float]] = {v: [] for v in variants}
-    sizes: dict[str, list[int]] = {v: [] for v in variants}
-    params = 0
+    results: dict[str, list[tuple]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory(prefix="tbgrad-bench-") as scratch:
         if warmup:
             for variant in variants:
-                _timed(variant, workload, data, 1, scratch)
+                _timed(variant, workload, data, 2, scratch)
         for r in range(repeats):
             # Rotate the order each repeat so no variant always runs first.
             order = list(variants[r % len(variants) :]) + list(variants[: r % len(variants)])
             for variant in order:
-                t1, _, _ = _timed(variant, workload, data, 1, scratch)
-                te, size, params = _timed(variant, workload, data, epochs, scratch)
-                first[variant].append(t1)
-                total[variant].append(te)
-                sizes[variant].append(size)
+                result = _timed(variant, workload, data, epochs, scratch)
+                results[variant].append(result)
                 if progress:
                     progress(
-                        f"{workload.name} repeat {r + 1}/{repeats} {variant}: "
-                        f"1 epoch {t1:.2f}s, {epochs} epochs {te:.2f}s"
+                        f"{workload.name} repeat {r + 1}/{repeats} {variant}: first epoch "
+                        f"{result[0]:.2f}s, then {result[1]:.1f} ms/epoch, total {result[2]:.2f}s"
                     )
     rows = []
     for variant in variants:
-        per_epoch = [
-            (te - t1) / (epochs - 1) * 1000 for te, t1 in zip(total[variant], first[variant])
-        ]
+        first, steady, total, size, params = zip(*results[variant])
         rows.append(
             Row(
                 workload=workload.name,
                 variant=variant,
                 epochs=epochs,
-                params=params,
-                first_s=statistics.median(first[variant]),
-                epoch_ms=statistics.median(per_epoch),
-                total_s=statistics.median(total[variant]),
+                params=params[0],
+                first_s=statistics.median(first),
+                epoch_ms=statistics.median(steady),
+                total_s=statistics.median(total),
                 epoch_ratio=float("nan"),
                 total_ratio=float("nan"),
-                bytes_per_epoch=statistics.median(sizes[variant]) / epochs,
-                epoch_ms_all=per_epoch,
-                total_s_all=total[variant],
+                bytes_per_epoch=statistics.median(size) / epochs,
+                epoch_ms_all=list(steady),
+                total_s_all=list(total),
             )
         )
     floor = next((row for row in rows if row.variant == FLOOR), None)
     if floor is not None:
         for row in rows:
-            row.epoch_ratio = row.epoch_ms / floor.epoch_ms if floor.epoch_ms > 0 else float("nan")
+            row.epoch_ratio = row.epoch_ms / floor.epoch_ms
             row.total_ratio = row.total_s / floor.total_s
     return rows
 
@@ -399,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--epochs",
         type=_at_least_two,
-        help="epochs of the timed run, >= 2 (default per workload: "
+        help="epochs of each run, >= 2 (default per workload: "
         + ", ".join(f"{w.name} {w.epochs}" for w in WORKLOADS.values())
         + ")",
     )

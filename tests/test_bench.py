@@ -13,7 +13,7 @@ from tbgrad import bench
 def test_json_output_has_one_row_per_variant(capsys):
     argv = [
         "--workloads", "study-a",
-        "--variants", "fit+tbgrad", "eager_ref",
+        "--variants", "fit+tbgrad", "tape", "eager_ref",
         "--samples", "64",
         "--epochs", "2",
         "--repeats", "1",
@@ -27,19 +27,21 @@ def test_json_output_has_one_row_per_variant(capsys):
     assert list(out["workloads"]) == ["study-a"]
     rows = {row["variant"]: row for row in out["rows"]}
     # The floor is always run, first, and the others keep the table's order.
-    assert [row["variant"] for row in out["rows"]] == ["fit", "fit+tbgrad", "eager_ref"]
+    assert [row["variant"] for row in out["rows"]] == ["fit", "fit+tbgrad", "tape", "eager_ref"]
     for row in rows.values():
         assert row["workload"] == "study-a"
         assert row["epochs"] == 2
         assert row["params"] == 2 * 5 + 5 + 4 * (5 * 5 + 5) + 5 + 1
         assert len(row["epoch_ms_all"]) == len(row["total_s_all"]) == 1
-        assert row["total_s"] > 0 and row["first_s"] > 0
+        assert 0 < row["first_s"] < row["total_s"]
+        assert row["epoch_ms"] > 0
         assert math.isclose(row["total_ratio"], row["total_s"] / rows["fit"]["total_s"])
     assert rows["fit"]["total_ratio"] == 1.0
     # Only the logging callback writes event files; the bare loops write none.
     assert rows["fit"]["bytes_per_epoch"] == 0
     assert rows["eager_ref"]["bytes_per_epoch"] == 0
     assert rows["fit+tbgrad"]["bytes_per_epoch"] > 1000
+    assert rows["tape"]["bytes_per_epoch"] > 1000
 
 
 def test_table_has_a_line_per_row():
