@@ -13,7 +13,7 @@ Five ways to train the same model on the same data, run side by side:
 
 Every variant runs once per repeat and the variants alternate (their order
 rotates each repeat), so a change of machine load hits them all alike. A
-warm-up round (one epoch of each) comes first. The end of every epoch is
+warm-up round (two epochs of each) comes first. The end of every epoch is
 timed: by a last callback for ``model.fit``, by the loop itself for the
 eager loop, and by the wall time the event file records for each epoch of
 the tape loop. Reported medians over the repeats:
