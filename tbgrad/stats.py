@@ -7,9 +7,12 @@ callback (through a hook on the optimizer) and the tape loop (directly) call
 
 Per step and per layer it adds mean |g| and std(g) of the kernel gradient and
 the number of non-finite entries; at the first step of an epoch it also keeps
-a copy of every kernel gradient for the histogram. The hot path is a handful
-of reductions per layer and one ``assign_add``; the finite-only recount runs
-only in steps whose gradients hold a NaN or an Inf.
+a copy of every kernel gradient for the histogram. The hot path is three
+row sums per group of layers and one ``assign_add``: small kernels of the same
+size are stacked and reduced together, so a deep model costs a few ops per
+step and per distinct kernel size rather than a dozen per layer (on a CPU
+the per-op cost, not the arithmetic, dominates for small kernels). The
+finite-only recount runs only in steps whose gradients hold a NaN or an Inf.
 """
 
 from __future__ import annotations
@@ -23,6 +26,11 @@ import tensorflow as tf
 # Columns of the per-layer statistics matrix.
 MEAN_ABS, STD, NONFINITE = 0, 1, 2
 N_STATS = 3
+
+# Kernels up to this many entries are stacked with the others of their size
+# and reduced in one op; a bigger one is reduced alone, since stacking would
+# copy it every step for no saving.
+STACK_MAX_SIZE = 16384
 
 
 @dataclass(frozen=True)
@@ -104,6 +112,10 @@ class GradientStats:
         ]
         self._index = {id(layer.kernel): i for i, layer in enumerate(self.layers)}
         self._path_index = {layer.kernel.path: i for i, layer in enumerate(self.layers)}
+        self._groups, self._order = _size_groups(self.layers)
+        self._sizes = np.array(
+            [np.prod(layer.kernel.shape) for layer in self.layers], dtype=np.float32
+        )
 
     # -- inside the compiled train step ------------------------------------
 
@@ -126,11 +138,11 @@ class GradientStats:
             # what is applied to the weights.
             kernel_grads = replica.all_reduce(tf.distribute.ReduceOp.SUM, kernel_grads)
         kernel_grads = [tf.convert_to_tensor(g) for g in kernel_grads]
-        step = tf.stack([_fast_stats(g) for g in kernel_grads])
+        step = self._step_stats(kernel_grads, finite_only=False)
         step = tf.cond(
             tf.reduce_all(tf.math.is_finite(step)),
             lambda: step,
-            lambda: tf.stack([_finite_stats(g) for g in kernel_grads]),
+            lambda: self._step_stats(kernel_grads, finite_only=True),
         )
         first = tf.logical_and(tf.equal(self._steps, 0), self._capture)
         if distributed:
@@ -155,6 +167,30 @@ class GradientStats:
             self._sums.assign_add(step)
             self._last.assign(step)
             self._steps.assign_add(1)
+
+    def _step_stats(self, kernel_grads, finite_only: bool) -> tf.Tensor:
+        # [layers, N_STATS] in layer order. Each group's [k, size] block gives
+        # its row sums; the arithmetic then runs once on all layers. The
+        # finite-only path runs in float64: exploding gradients reach 1e20 and
+        # more before they turn Inf, and their squares would overflow float32
+        # (a grad_std of Inf/NaN).
+        dtype = tf.float64 if finite_only else tf.float32
+        parts = []
+        for group in self._groups:
+            grads = [tf.cast(kernel_grads[i], dtype) for i in group]
+            # A lone kernel is reshaped, not stacked: stacking one tensor copies it.
+            block = tf.reshape(grads[0] if len(grads) == 1 else tf.stack(grads), [len(grads), -1])
+            parts.append(_finite_sums(block) if finite_only else _sums(block))
+        sums = parts[0] if len(parts) == 1 else tf.concat(parts, axis=0)
+        if self._order is not None:
+            sums = tf.gather(sums, self._order)
+        sizes = tf.constant(self._sizes, dtype)
+        n = sums[:, 3] if finite_only else sizes
+        mean_abs = tf.math.divide_no_nan(sums[:, 0], n)
+        mean = tf.math.divide_no_nan(sums[:, 1], n)
+        mean_sq = tf.math.divide_no_nan(sums[:, 2], n)
+        std = tf.sqrt(tf.maximum(mean_sq - tf.square(mean), 0.0))
+        return tf.cast(tf.stack([mean_abs, std, sizes - n], axis=1), tf.float32)
 
     def _select(self, grads, variables):
         grads = list(grads)
@@ -188,8 +224,17 @@ class GradientStats:
 
     def epoch_stats(self) -> dict[str, np.ndarray]:
         """The epoch's per-layer statistics as numpy arrays (eager)."""
-        stats = self.epoch_tensors()
-        return {key: value.numpy() for key, value in stats.items()}
+        # Two variable reads and numpy: the same float32 arithmetic as
+        # epoch_tensors without a dozen eager ops per epoch.
+        steps = self._steps.numpy()
+        sums = self._sums.numpy()
+        n = np.float32(max(steps, 1))
+        return {
+            "grad_mean_abs": sums[:, MEAN_ABS] / n,
+            "grad_std": sums[:, STD] / n,
+            "grad_nonfinite": sums[:, NONFINITE],
+            "steps": steps,
+        }
 
     def epoch_tensors(self) -> dict[str, tf.Tensor]:
         """The epoch's per-layer statistics as tensors (graph or eager)."""
@@ -211,26 +256,42 @@ class GradientStats:
         return self._captured
 
 
-def _fast_stats(g: tf.Tensor) -> tf.Tensor:
-    g = tf.cast(g, tf.float32)
-    mean = tf.reduce_mean(g)
-    mean_abs = tf.reduce_mean(tf.abs(g))
-    mean_sq = tf.reduce_mean(tf.square(g))
-    std = tf.sqrt(tf.maximum(mean_sq - tf.square(mean), 0.0))
-    return tf.stack([mean_abs, std, tf.constant(0.0)])
+def _size_groups(layers: list[KernelLayer]):
+    """Groups of layer indices reduced together, and the order to undo it.
+
+    Returns ``(groups, order)``: ``order`` gathers the concatenated group
+    rows back into layer order (None when they already are).
+    """
+    by_size: dict[int, list[int]] = {}
+    groups = []
+    for i, layer in enumerate(layers):
+        size = int(np.prod(layer.kernel.shape))
+        if size > STACK_MAX_SIZE:
+            groups.append([i])
+        else:
+            by_size.setdefault(size, []).append(i)
+    groups += list(by_size.values())
+    groups.sort(key=lambda group: group[0])
+    flat = [i for group in groups for i in group]
+    if flat == list(range(len(layers))):
+        return groups, None
+    return groups, tf.constant(np.argsort(flat), tf.int32)
 
 
-def _finite_stats(g: tf.Tensor) -> tf.Tensor:
-    # The statistics of the finite entries, and how many entries were not.
-    # In float64: exploding gradients reach 1e20 and more before they turn
-    # Inf, and their squares would overflow float32 (a grad_std of Inf/NaN).
-    g = tf.cast(g, tf.float64)
-    finite = tf.math.is_finite(g)
-    gf = tf.where(finite, g, tf.zeros_like(g))
-    n = tf.reduce_sum(tf.cast(finite, tf.float64))
-    total = tf.cast(tf.size(g), tf.float64)
-    mean = tf.math.divide_no_nan(tf.reduce_sum(gf), n)
-    mean_abs = tf.math.divide_no_nan(tf.reduce_sum(tf.abs(gf)), n)
-    mean_sq = tf.math.divide_no_nan(tf.reduce_sum(tf.square(gf)), n)
-    std = tf.sqrt(tf.maximum(mean_sq - tf.square(mean), 0.0))
-    return tf.cast(tf.stack([mean_abs, std, total - n]), tf.float32)
+def _sums(block: tf.Tensor) -> tf.Tensor:
+    # Per row of a [k, n] block: sum |g|, sum g, sum g^2.
+    return tf.stack(
+        [
+            tf.reduce_sum(tf.abs(block), axis=1),
+            tf.reduce_sum(block, axis=1),
+            tf.reduce_sum(tf.square(block), axis=1),
+        ],
+        axis=1,
+    )
+
+
+def _finite_sums(block: tf.Tensor) -> tf.Tensor:
+    # The same sums over each row's finite entries, and how many those are.
+    finite = tf.math.is_finite(block)
+    n = tf.reduce_sum(tf.cast(finite, block.dtype), axis=1)
+    return tf.concat([_sums(tf.where(finite, block, tf.zeros_like(block))), n[:, None]], axis=1)

@@ -151,14 +151,20 @@ def train_with_tape(
                 tf.equal(global_step % update_freq, 0),
             )
 
+    # Both functions take an iterator, not the dataset: autograph turns a loop
+    # over a dataset into a dataset reduce whose body runs in tf.data's
+    # function runtime, about 20x slower per step here than the while loop
+    # it builds over an iterator (see docs/benchmarks.md). The per-step
+    # summaries of an integer update_freq are not written from that while
+    # loop, so with them the epoch keeps the dataset loop.
     @tf.function
-    def train_epoch(dataset):
-        for xb, yb in dataset:
+    def train_epoch(batches):
+        for xb, yb in batches:
             train_step(xb, yb)
 
     @tf.function
-    def evaluate(dataset):
-        for xb, yb in dataset:
+    def evaluate(iterator):
+        for xb, yb in iterator:
             pred = model(xb, training=False)
             weight = tf.cast(tf.shape(xb)[0], tf.float32)
             loss_tracker.update_state(compute_loss(yb, pred), sample_weight=weight)
@@ -229,12 +235,12 @@ def train_with_tape(
         for epoch in range(epochs):
             stats.reset(capture=bool(histogram_freq) and epoch % histogram_freq == 0)
             _reset(loss_tracker, metric_objs)
-            train_epoch(train_ds)
+            train_epoch(train_ds if log_steps else iter(train_ds))
             train_logs = _results(loss_tracker, metric_objs)
             val_logs = {}
             if val_ds is not None:
                 _reset(loss_tracker, metric_objs)
-                evaluate(val_ds)
+                evaluate(iter(val_ds))
                 val_logs = _results(loss_tracker, metric_objs)
             for key, value in train_logs.items():
                 history.setdefault(key, []).append(value)
