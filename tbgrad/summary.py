@@ -30,6 +30,8 @@ from tbgrad.stats import GradientStats
 
 # TensorBoard's own default (tensorboard/plugins/histogram/summary_v2.py).
 DEFAULT_BUCKET_COUNT = 30
+# How far the event files may lag behind training (TensorFlow's default: 120).
+FLUSH_SECONDS = 30
 
 
 class SummaryLogger:
@@ -56,9 +58,12 @@ class SummaryLogger:
     def writer(self, split: str) -> tf.summary.SummaryWriter:
         """The file writer of ``split`` (``"train"`` or ``"validation"``)."""
         if split not in self._writers:
-            # Never flush on a timer mid-epoch; close() and flush() do it.
+            # No flush per epoch (an fsync each time would cost more than the
+            # summaries), but at most FLUSH_SECONDS behind, so that a live
+            # TensorBoard shows a slow run's epochs as they finish; close()
+            # flushes the rest.
             self._writers[split] = tf.summary.create_file_writer(
-                os.path.join(self.log_dir, split), flush_millis=10**9
+                os.path.join(self.log_dir, split), flush_millis=FLUSH_SECONDS * 1000
             )
             if split == tags.TRAIN_DIR:
                 layout.write_layout(self._writers[split])  # Custom Scalars charts
