@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TextIO
 
+from tbgrad import sweep_worker
 from tbgrad.config import RunConfig
 from tbgrad.experiment import RESULT_FILE
 
@@ -125,9 +126,12 @@ def run_sweep(
         workers = min(workers or os.cpu_count() or 1, len(todo))
         context = multiprocessing.get_context("spawn")
         with futures.ProcessPoolExecutor(
-            max_workers=workers, mp_context=context, initializer=_init_worker
+            max_workers=workers, mp_context=context, initializer=sweep_worker.init_worker
         ) as pool:
-            pending = {pool.submit(_train_one, configs[i], str(root), names[i]): i for i in todo}
+            pending = {
+                pool.submit(sweep_worker.train_one, configs[i], str(root), names[i]): i
+                for i in todo
+            }
             for future in futures.as_completed(pending):
                 outcome = outcomes[pending[future]]
                 try:
@@ -161,24 +165,6 @@ def _move_aside(run_dir: Path) -> Path:
             os.rename(run_dir, target)
             return target
     raise ValueError(f"no free name to move {str(run_dir)!r} aside")
-
-
-def _init_worker() -> None:
-    # Tiny models: one thread per worker beats workers competing for cores.
-    # Set before TensorFlow loads; tf.config.threading cannot change it after.
-    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
-    os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
-    from tbgrad import cli
-
-    cli.import_tensorflow_quietly()
-
-
-def _train_one(config: RunConfig, sweep_dir: str, name: str) -> dict:
-    from tbgrad import experiment
-
-    result = experiment.run(config, sweep_dir, run_name=name, verbose=0)
-    experiment.write_result(result)
-    return json.loads((result.run_dir / RESULT_FILE).read_text())
 
 
 class _Progress:
