@@ -52,8 +52,8 @@ def wait_for_epochs(proc, run_dir: Path, count: int) -> int:
             # Known bug, not yet fixed: now and then, in a fresh install, the
             # first SIGINT during model.fit is swallowed before it stops the
             # run, and the second, arriving within REPEAT_GRACE_SECONDS, is
-            # then ignored as a repeat, so training goes on. Seen once in
-            # about ten runs; the test fails by timeout when it happens.
+            # then ignored as a repeat, so training goes on. Intermittent (seen
+            # in fresh installs); the test fails by timeout when it happens.
             marks=pytest.mark.xfail(
                 reason="a swallowed first SIGINT plus the repeat grace can leave model.fit running",
                 strict=False,
