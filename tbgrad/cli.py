@@ -9,7 +9,6 @@ import os
 import signal
 import sys
 import threading
-import time
 
 # Exit codes of a run stopped by a signal: 128 + the signal number, as a shell
 # reports a process killed by it.
@@ -92,28 +91,25 @@ class Terminated(KeyboardInterrupt):
     """
 
 
-# A second signal this soon after the first is taken as the same request
-# and ignored, so that the event files finish closing; a later one stops
-# again (the first may have been lost, see _in_finalizer).
-REPEAT_GRACE_SECONDS = 10.0
-
-
 @contextlib.contextmanager
 def stop_on_signals():
     """Stops the ``with`` block on SIGINT (KeyboardInterrupt) or SIGTERM
     (:class:`Terminated`).
 
-    A repeated signal within ``REPEAT_GRACE_SECONDS`` is ignored while the
-    ``finally`` blocks close the event files; once the block is left after
-    a stop, further signals are ignored (the caller is expected to exit).
-    A SIGINT that the process inherited as ignored (a background job of a
-    script) stays ignored. Outside the main thread, where Python cannot
-    install handlers, this does nothing.
+    A repeated signal is ignored while the stop it repeats is being handled
+    (``finally`` blocks and ``except`` clauses closing the event files), and
+    stops again if that stop was swallowed on the way: Keras converts batch
+    logs to floats under a bare ``except:``, so a Ctrl-C that lands there
+    never leaves ``model.fit``. Once the block is left after a stop, further
+    signals are ignored (the caller is expected to exit). A SIGINT that the
+    process inherited as ignored (a background job of a script) stays
+    ignored. Outside the main thread, where Python cannot install handlers,
+    this does nothing.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    stopped_at: list[float] = []
+    raised: list[KeyboardInterrupt] = []
 
     def stop(signum, frame):
         if _in_finalizer(frame):
@@ -121,11 +117,10 @@ def stop_on_signals():
             # and swallowed: deliver the signal again a moment later.
             threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
             return
-        now = time.monotonic()
-        if stopped_at and now - stopped_at[-1] < REPEAT_GRACE_SECONDS:
+        if raised and _being_handled(raised[-1]):
             return
-        stopped_at.append(now)
-        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+        raised.append(Terminated() if signum == signal.SIGTERM else KeyboardInterrupt())
+        raise raised[-1]
 
     previous = {}
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -139,7 +134,19 @@ def stop_on_signals():
             # signals. A Python handler would print a traceback during
             # interpreter shutdown, and the shutdown resets Python handlers
             # (not SIG_IGN) to the default action, which kills the process.
-            signal.signal(signum, signal.SIG_IGN if stopped_at else handler)
+            signal.signal(signum, signal.SIG_IGN if raised else handler)
+
+
+def _being_handled(err: BaseException) -> bool:
+    # Whether ``err`` is the exception a finally block or except clause on the
+    # stack is handling, or the context of one raised while handling it. After
+    # a bare ``except: pass`` has swallowed it, it is neither.
+    current = sys.exc_info()[1]
+    while current is not None:
+        if current is err:
+            return True
+        current = current.__context__
+    return False
 
 
 def _in_finalizer(frame) -> bool:
