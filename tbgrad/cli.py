@@ -23,44 +23,48 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer (need >= 1)") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive integer (>= 1)")
-    return value
+def _number(
+    name: str,
+    kind: type,
+    low: float,
+    high: float = math.inf,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+    need: str,
+    must: str,
+):
+    """An argparse ``type`` named ``name``: parses ``kind`` (int or float) and
+    accepts a finite value from ``low`` to ``high``, each end included unless
+    open.
+
+    Errors: "'x' is not an integer (need <need>)" (or "not a number") for a
+    text that does not parse, "'x' must be <must>" for a value out of range.
+    """
+    noun = "an integer" if kind is int else "a number"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {noun} (need {need})") from None
+        finite = kind is int or math.isfinite(value)
+        above = value > low if low_open else value >= low
+        below = value < high if high_open else value <= high
+        if not (finite and above and below):
+            raise argparse.ArgumentTypeError(f"{text!r} must be {must}")
+        return value
+
+    parse.__name__ = parse.__qualname__ = name
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer (need >= 0)") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
-    return value
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number (need > 0)") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive finite number")
-    return value
-
-
-def unit_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number (need 0 <= m < 1)") from None
-    if not math.isfinite(value) or not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be in [0, 1)")
-    return value
+positive_int = _number("positive_int", int, 1, need=">= 1", must="a positive integer (>= 1)")
+non_negative_int = _number("non_negative_int", int, 0, need=">= 0", must=">= 0")
+positive_float = _number(
+    "positive_float", float, 0, low_open=True, need="> 0", must="a positive finite number"
+)
+unit_float = _number("unit_float", float, 0, 1, high_open=True, need="0 <= m < 1", must="in [0, 1)")
 
 
 def update_freq(text: str):
