@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from tbgrad import tags
+from tbgrad.averages import geomean
 from tbgrad.eventlog import RunData, find_runs, load_run
 from tbgrad.experiment import RESULT_FILE
 from tbgrad.sweep import INCOMPLETE
@@ -218,11 +219,6 @@ def _layer_tags(run: RunData, family: str) -> list[str]:
 
 def _last(values: np.ndarray) -> float:
     return float(values[-1]) if len(values) else math.nan
-
-
-def geomean(values) -> float:
-    values = np.array([v for v in values if v is not None and v > 0], dtype=float)
-    return float(np.exp(np.mean(np.log(values)))) if values.size else math.nan
 
 
 def _fmt(value: float | None, spec: str) -> str:

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from tbgrad.averages import geomean
 from tbgrad.config import RunConfig, make_config
 from tbgrad.glorot_check import flatness
-from tbgrad.report import geomean
 
 SEEDS = (1, 2, 3, 4, 5)
 B_SEEDS = (42, 43, 44, 45, 46)
