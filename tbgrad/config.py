@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, fields, replace
 
 from tbgrad.data import DATASETS
 from tbgrad.distribute import check_replicas
+from tbgrad.gradient_tensorboard import validate_update_freq
 from tbgrad.models import OPTIMIZERS, check_activation, is_finite_number, make_initializer
 
 LOOPS = ("fit", "tape")
@@ -111,15 +112,7 @@ class RunConfig:
                 "histogram_freq must be >= 0 (0: no histograms). "
                 f"Received: histogram_freq={self.histogram_freq!r}"
             )
-        if self.update_freq != "epoch" and (
-            isinstance(self.update_freq, bool)
-            or not isinstance(self.update_freq, int)
-            or self.update_freq < 1
-        ):
-            raise ValueError(
-                "update_freq must be 'epoch' or a positive number of steps. "
-                f"Received: update_freq={self.update_freq!r}"
-            )
+        validate_update_freq(self.update_freq)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be an integer >= 0. Received: seed={self.seed!r}")
         if not isinstance(self.deterministic, bool):
