@@ -1,11 +1,12 @@
 """The benchmark behind ``scripts/bench.py``: what logging gradients costs.
 
-Five ways to train the same model on the same data, run side by side:
+Six ways to train the same model on the same data, run side by side:
 
 * ``fit``: ``model.fit`` with no callback, the floor every ratio refers to;
 * ``fit+keras_tb``: ``model.fit`` with ``keras.callbacks.TensorBoard(histogram_freq=1)``;
 * ``fit+tbgrad``: ``model.fit`` with ``tbgrad.GradientTensorBoard(histogram_freq=1)``;
 * ``tape``: :func:`tbgrad.train_with_tape` (histograms every epoch);
+* ``tape+xla``: the same with ``jit_compile=True`` (each step compiled by XLA);
 * ``eager_ref``: the eager GradientTape loop of study B (part 2), the loop a
   user would otherwise write: a Python loop over a shuffled
   ``tf.data`` ``batch(32)`` data set, one tape per step, the first step's
@@ -28,6 +29,7 @@ the tape loop. Reported medians over the repeats:
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import os
@@ -43,7 +45,7 @@ from dataclasses import asdict, dataclass
 from tbgrad import cli
 
 PROG = "bench.py"
-VARIANTS = ("fit", "fit+keras_tb", "fit+tbgrad", "tape", "eager_ref")
+VARIANTS = ("fit", "fit+keras_tb", "fit+tbgrad", "tape", "tape+xla", "eager_ref")
 FLOOR = "fit"
 
 
@@ -190,7 +192,7 @@ def _tbgrad_callback(log_dir):
     return GradientTensorBoard(log_dir, histogram_freq=1)
 
 
-def _run_tape(workload, data, epochs, log_dir, ends):
+def _run_tape(workload, data, epochs, log_dir, ends, jit_compile=False):
     from tensorboard.backend.event_processing import event_accumulator
 
     from tbgrad.tape import train_with_tape
@@ -209,6 +211,7 @@ def _run_tape(workload, data, epochs, log_dir, ends):
         histogram_freq=1,
         seed=1,
         verbose=0,
+        jit_compile=jit_compile,
     )
     # The writer stamps each epoch's event with the time it was written, at
     # the end of the epoch (the event file's clock is time.time()).
@@ -268,6 +271,7 @@ RUNNERS: dict[str, Callable] = {
     "fit+keras_tb": _run_fit(_keras_tensorboard),
     "fit+tbgrad": _run_fit(_tbgrad_callback),
     "tape": _run_tape,
+    "tape+xla": functools.partial(_run_tape, jit_compile=True),
     "eager_ref": _run_eager_reference,
 }
 

@@ -16,6 +16,8 @@ BATCH = 64
 LR = 0.05
 N = 200  # 3 steps of 64 and one of 8 per epoch
 LAYERS = ["hidden_1", "hidden_2", "output"]
+# model.fit with the callback; train_with_tape without and with XLA.
+LOOPS = ["fit", "tape", "tape+xla"]
 
 
 def _train(path, loop, x, y, xv, yv, **kwargs):
@@ -45,6 +47,7 @@ def _train(path, loop, x, y, xv, yv, **kwargs):
             validation_data=(xv, yv),
             log_dir=path,
             verbose=0,
+            jit_compile=loop == "tape+xla",
             **kwargs,
         )
     return model, initial
@@ -55,8 +58,8 @@ def runs(tmp_path_factory, circles):
     x, y = circles.x_train[:N], circles.y_train[:N]
     xv, yv = circles.x_test[:100], circles.y_test[:100]
     out = {}
-    for loop in ("fit", "tape"):
-        path = tmp_path_factory.mktemp(loop)
+    for loop in LOOPS:
+        path = tmp_path_factory.mktemp(loop.replace("+", "_"))
         model, initial = _train(path, loop, x, y, xv, yv)
         out[loop] = (load_run(path), model, path)
     reference_model = tiny_mlp()
@@ -65,7 +68,7 @@ def runs(tmp_path_factory, circles):
     return out, expected
 
 
-@pytest.mark.parametrize("loop", ["fit", "tape"])
+@pytest.mark.parametrize("loop", LOOPS)
 def test_every_tag_in_the_right_folder_and_plugin(runs, loop):
     run, _, path = runs[0][loop]
     expected = {
@@ -82,8 +85,9 @@ def test_every_tag_in_the_right_folder_and_plugin(runs, loop):
     assert len(run.validation.event_files) == 1
 
 
-def test_both_paths_write_identical_tags_and_values(runs):
-    fit, tape = runs[0]["fit"][0], runs[0]["tape"][0]
+@pytest.mark.parametrize("loop", ["tape", "tape+xla"])
+def test_both_paths_write_identical_tags_and_values(runs, loop):
+    fit, tape = runs[0]["fit"][0], runs[0][loop][0]
     for split in ("train", "validation"):
         a, b = fit.splits[split], tape.splits[split]
         assert a.plugins == b.plugins
@@ -93,7 +97,7 @@ def test_both_paths_write_identical_tags_and_values(runs):
             )
 
 
-@pytest.mark.parametrize("loop", ["fit", "tape"])
+@pytest.mark.parametrize("loop", LOOPS)
 def test_grad_mean_abs_is_the_mean_over_every_step(runs, loop):
     run = runs[0][loop][0]
     expected = runs[1]
@@ -109,7 +113,7 @@ def test_grad_mean_abs_is_the_mean_over_every_step(runs, loop):
         )
 
 
-@pytest.mark.parametrize("loop", ["fit", "tape"])
+@pytest.mark.parametrize("loop", LOOPS)
 def test_gradient_histogram_is_the_first_step_of_each_epoch(runs, loop):
     run = runs[0][loop][0]
     expected = runs[1]
@@ -129,7 +133,7 @@ def test_gradient_histogram_is_the_first_step_of_each_epoch(runs, loop):
             assert np.abs(hist[:, 2] - want[:, 2]).sum() <= 2
 
 
-@pytest.mark.parametrize("loop", ["fit", "tape"])
+@pytest.mark.parametrize("loop", LOOPS)
 def test_weight_tags_match_the_trained_kernels(runs, loop):
     run, model, _ = runs[0][loop]
     for layer in LAYERS:
@@ -150,7 +154,7 @@ def test_weight_tags_match_the_trained_kernels(runs, loop):
         assert hist[-1, 1] == pytest.approx(kernel.max(), rel=1e-6)
 
 
-@pytest.mark.parametrize("loop", ["fit", "tape"])
+@pytest.mark.parametrize("loop", LOOPS)
 def test_epoch_scalars_match_the_history(runs, loop):
     run, model, _ = runs[0][loop]
     loss = run.train.scalar("epoch_loss")
@@ -187,7 +191,7 @@ def test_histogram_freq_zero_writes_no_histograms(tmp_path, circles):
     assert "grad_mean_abs/output" in run.train.scalars
 
 
-@pytest.mark.parametrize("loop", ["fit", "tape"])
+@pytest.mark.parametrize("loop", LOOPS)
 def test_grad_ratio_is_first_over_last_layer(runs, loop):
     run = runs[0][loop][0]
     first = run.train.scalar("grad_mean_abs/hidden_1")
