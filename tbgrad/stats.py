@@ -222,29 +222,38 @@ class GradientStats:
         self._steps.assign(0)
         self._capture.assign(capture)
 
-    def epoch_stats(self) -> dict[str, np.ndarray]:
-        """The epoch's per-layer statistics as numpy arrays (eager)."""
-        # Two variable reads and numpy: the same float32 arithmetic as
-        # epoch_tensors without a dozen eager ops per epoch.
-        steps = self._steps.numpy()
-        sums = self._sums.numpy()
+    def snapshot_tensors(self) -> dict:
+        """The epoch's running sums and step count, every tracked kernel and
+        every kept gradient, as tensors (graph or eager).
+
+        A compiled epoch returns these with its other results, so that
+        reading them costs no eager op per layer; pass the values (as numpy)
+        to :meth:`epoch_stats` and :class:`tbgrad.summary.SummaryLogger`.
+        """
+        return {
+            "sums": self._sums.read_value(),
+            "steps": self._steps.read_value(),
+            "kernels": [tf.convert_to_tensor(layer.kernel) for layer in self.layers],
+            "gradients": [var.read_value() for var in self._captured],
+        }
+
+    def epoch_stats(self, snapshot: dict | None = None) -> dict[str, np.ndarray]:
+        """The epoch's per-layer statistics as numpy arrays.
+
+        Args:
+            snapshot: Values of :meth:`snapshot_tensors` as numpy; None reads
+                the variables (eager).
+        """
+        if snapshot is None:
+            steps, sums = self._steps.numpy(), self._sums.numpy()
+        else:
+            steps, sums = snapshot["steps"], snapshot["sums"]
         n = np.float32(max(steps, 1))
         return {
             "grad_mean_abs": sums[:, MEAN_ABS] / n,
             "grad_std": sums[:, STD] / n,
             "grad_nonfinite": sums[:, NONFINITE],
             "steps": steps,
-        }
-
-    def epoch_tensors(self) -> dict[str, tf.Tensor]:
-        """The epoch's per-layer statistics as tensors (graph or eager)."""
-        steps = tf.cast(tf.maximum(self._steps, 1), tf.float32)
-        sums = self._sums.read_value()
-        return {
-            "grad_mean_abs": sums[:, MEAN_ABS] / steps,
-            "grad_std": sums[:, STD] / steps,
-            "grad_nonfinite": sums[:, NONFINITE],
-            "steps": self._steps.read_value(),
         }
 
     def last_step_tensors(self) -> tf.Tensor:

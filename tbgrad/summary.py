@@ -77,6 +77,7 @@ class SummaryLogger:
         train_logs: Mapping[str, float] | None = None,
         val_logs: Mapping[str, float] | None = None,
         histograms: bool = True,
+        snapshot: Mapping | None = None,
     ) -> None:
         """Writes an epoch's scalars, gradient and weight summaries.
 
@@ -86,10 +87,14 @@ class SummaryLogger:
             val_logs: Metrics of the validation data (without ``val_``).
             histograms: Whether to write the ``gradients/`` and ``weights/``
                 histograms this epoch.
+            snapshot: The values of ``stats.snapshot_tensors()`` at the end
+                of the epoch, as numpy; None reads the variables (eager).
         """
         train = _floats(train_logs)
         val = _floats(val_logs)
-        self._write_raw(tags.TRAIN_DIR, epoch, self._epoch_values(train, bool(histograms)))
+        self._write_raw(
+            tags.TRAIN_DIR, epoch, self._epoch_values(train, bool(histograms), snapshot)
+        )
         if val:
             values = [_scalar_value(tags.epoch_tag(k), v) for k, v in val.items()]
             self._write_raw(tags.VALIDATION_DIR, epoch, values)
@@ -143,19 +148,23 @@ class SummaryLogger:
         with tf.summary.record_if(True), writer.as_default():
             tf.summary.experimental.write_raw_pb(data, step=step)
 
-    def _epoch_values(self, train: dict[str, float], histograms: bool):
+    def _epoch_values(self, train: dict[str, float], histograms: bool, snapshot=None):
         values = [_scalar_value(tags.epoch_tag(k), v) for k, v in train.items()]
         layers = self.stats.layers
         if not layers:
             return values
-        stats = self.stats.epoch_stats()
+        stats = self.stats.epoch_stats(snapshot)
+        if snapshot is not None:
+            kernels, grads = snapshot["kernels"], snapshot["gradients"]
+        else:
+            kernels = [layer.kernel.numpy() for layer in layers]
+            grads = [g.numpy() for g in self.stats.captured_gradients()] if histograms else None
         if len(layers) >= 2:
             mean_abs = stats[tags.GRAD_MEAN_ABS]
             ratio = mean_abs[0] / mean_abs[-1] if mean_abs[-1] != 0 else 0.0
             values.append(_scalar_value(tags.GRAD_RATIO, ratio))
-        grads = self.stats.captured_gradients() if histograms else [None] * len(layers)
-        for i, (layer, grad) in enumerate(zip(layers, grads)):
-            kernel = np.asarray(layer.kernel.numpy(), dtype=np.float64)
+        for i, layer in enumerate(layers):
+            kernel = np.asarray(kernels[i], dtype=np.float64)
             for family in (tags.GRAD_MEAN_ABS, tags.GRAD_STD, tags.GRAD_NONFINITE):
                 values.append(_scalar_value(tags.layer_tag(family, layer.name), stats[family][i]))
             for family, value in (
@@ -165,7 +174,7 @@ class SummaryLogger:
             ):
                 values.append(_scalar_value(tags.layer_tag(family, layer.name), value))
             if histograms:
-                for family, data in ((tags.GRADIENTS, grad.numpy()), (tags.WEIGHTS, kernel)):
+                for family, data in ((tags.GRADIENTS, grads[i]), (tags.WEIGHTS, kernel)):
                     values.append(
                         _histogram_value(
                             tags.layer_tag(family, layer.name),

@@ -173,19 +173,17 @@ def train_with_tape(
                 tf.equal(global_step % update_freq, 0),
             )
 
-    # Both functions take an iterator, not the dataset: autograph turns a loop
-    # over a dataset into a dataset reduce whose body runs in tf.data's
+    # Both loops run over an iterator, not the dataset: autograph turns a
+    # loop over a dataset into a dataset reduce whose body runs in tf.data's
     # function runtime, about 20x slower per step here than the while loop
     # it builds over an iterator (see docs/benchmarks.md). The per-step
     # summaries of an integer update_freq are not written from that while
     # loop, so with them the epoch keeps the dataset loop.
-    @tf.function
     def train_epoch(batches):
         for xb, yb in batches:
             train_step(xb, yb)
             after_step()
 
-    @tf.function
     def evaluate(iterator):
         for xb, yb in iterator:
             eval_step(xb, yb)
@@ -219,7 +217,6 @@ def train_with_tape(
         def replica_eval_step(xb, yb):
             update_metrics(yb, *replica_loss(xb, yb, training=False)[:3])
 
-        @tf.function
         def train_epoch(dataset):
             for xb, yb in dataset:
                 strategy.run(replica_train_step, args=(xb, yb))
@@ -229,20 +226,43 @@ def train_with_tape(
                 with tf.compat.v1.name_scope(None):
                     after_step()
 
-        @tf.function
         def evaluate(dataset):
             for xb, yb in dataset:
                 strategy.run(replica_eval_step, args=(xb, yb))
 
-        # Slot variables (momentum, ...) created lazily inside the compiled
-        # epoch would need tf.function's lifted initializer, which fails
-        # across replicas: create them now.
-        if not optimizer.built:
-            with strategy.scope():
-                optimizer.build(model.trainable_variables)
         train_ds = strategy.experimental_distribute_dataset(train_ds)
         if val_ds is not None:
             val_ds = strategy.experimental_distribute_dataset(val_ds)
+
+    def results():
+        return {"loss": loss_tracker.result(), **{m.name: m.result() for m in metric_objs}}
+
+    # One compiled call per epoch: the resets, the training loop, the
+    # evaluation and every value the epoch's summaries need, returned
+    # together. Done eagerly, those reads and resets were a few dozen ops
+    # per epoch, as long as the training itself on study-sized models.
+    @tf.function
+    def run_epoch(batches, val_batches, capture):
+        stats.reset(capture)
+        _reset(loss_tracker, metric_objs)
+        train_epoch(batches)
+        out = {"train": results()}
+        if val_batches is not None:
+            _reset(loss_tracker, metric_objs)
+            evaluate(val_batches)
+            out["val"] = results()
+        if logger is not None:
+            out["snapshot"] = stats.snapshot_tensors()
+            out["learning_rate"] = tf.cast(optimizer.learning_rate, tf.float32)
+        return out
+
+    # Slot variables (momentum, ...) created lazily inside the compiled epoch
+    # would make tf.function trace it twice (variables may only be created
+    # on the first trace) and need a lifted initializer, which fails across
+    # replicas: create them now.
+    if not optimizer.built:
+        with strategy.scope() if strategy is not None else contextlib.nullcontext():
+            optimizer.build(model.trainable_variables)
 
     history: dict[str, list[float]] = {}
     progbar = keras.utils.Progbar(epochs, verbose=verbose, unit_name="epoch") if verbose else None
@@ -252,26 +272,26 @@ def train_with_tape(
         if logger is not None and log_steps:
             logger.writer("train")  # created eagerly, used inside the graph
         for epoch in range(epochs):
-            stats.reset(capture=bool(histogram_freq) and epoch % histogram_freq == 0)
-            _reset(loss_tracker, metric_objs)
-            train_epoch(train_ds if log_steps else iter(train_ds))
-            train_logs = _results(loss_tracker, metric_objs)
-            val_logs = {}
-            if val_ds is not None:
-                _reset(loss_tracker, metric_objs)
-                evaluate(iter(val_ds))
-                val_logs = _results(loss_tracker, metric_objs)
+            histograms = bool(histogram_freq) and epoch % histogram_freq == 0
+            out = run_epoch(
+                train_ds if log_steps else iter(train_ds),
+                iter(val_ds) if val_ds is not None else None,
+                tf.constant(histograms),
+            )
+            out = tf.nest.map_structure(lambda t: t.numpy(), out)
+            train_logs = {k: float(v) for k, v in out["train"].items()}
+            val_logs = {k: float(v) for k, v in out.get("val", {}).items()}
             for key, value in train_logs.items():
                 history.setdefault(key, []).append(value)
             for key, value in val_logs.items():
                 history.setdefault(f"val_{key}", []).append(value)
             if logger is not None:
-                lr = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
                 logger.write_epoch(
                     epoch,
-                    {**train_logs, "learning_rate": lr},
+                    {**train_logs, "learning_rate": float(out["learning_rate"])},
                     val_logs,
-                    histograms=bool(histogram_freq) and epoch % histogram_freq == 0,
+                    histograms=histograms,
+                    snapshot=out["snapshot"],
                 )
             if progbar is not None:
                 values = list(train_logs.items()) + [(f"val_{k}", v) for k, v in val_logs.items()]
@@ -309,13 +329,6 @@ def _reset(loss_tracker, metrics):
     loss_tracker.reset_state()
     for metric in metrics:
         metric.reset_state()
-
-
-def _results(loss_tracker, metrics) -> dict[str, float]:
-    out = {"loss": float(loss_tracker.result())}
-    for metric in metrics:
-        out[metric.name] = float(metric.result())
-    return out
 
 
 def _check_positive_int(name: str, value) -> None:
