@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -273,3 +278,38 @@ def test_cli_logdir_cannot_be_created(tmp_path, capsys):
         f"{str(blocker)!r} is not a directory\n"
     )
     assert [p.name for p in tmp_path.iterdir()] == ["file"]
+
+
+def test_cli_logdir_not_writable(tmp_path):
+    # A folder the user may enter but not write in. Root may write anywhere
+    # (CAP_DAC_OVERRIDE): as root, train.py runs without that capability
+    # (util-linux setpriv), and so obeys the folder's permission bits.
+    prefix = []
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root and setpriv (util-linux) is not installed")
+        caps = "-dac_override,-dac_read_search"
+        prefix = [setpriv, "--bounding-set", caps, "--inh-caps", caps]
+    root = Path(__file__).resolve().parents[1]
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    target = locked / "logs"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(root))
+    try:
+        proc = subprocess.run(
+            [*prefix, sys.executable, str(root / "scripts" / "train.py"), "--logdir", str(target)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+    finally:
+        locked.chmod(0o755)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == (
+        f"train.py: error: logdir {str(target)!r} cannot be created: "
+        f"{str(locked)!r} is not writable\n"
+    )
+    assert list(locked.iterdir()) == []
