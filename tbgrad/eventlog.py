@@ -2,7 +2,10 @@
 
 Uses ``tensorboard.backend.event_processing.event_accumulator`` (the reader
 behind ``tensorboard --logdir``), keeps every event (no reservoir sampling)
-and decodes tensors with ``tensorboard.util.tensor_util``.
+and decodes tensors with ``tensorboard.util.tensor_util``, except for the two
+layouts every tbgrad and Keras summary uses (a float32 scalar in
+``float_val``, a float64 histogram in ``tensor_content``), which are read
+directly: the generic decoder was most of the time of reading a sweep back.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.compat.proto import types_pb2
 from tensorboard.util import tensor_util
 
 from tbgrad import tags
@@ -73,14 +77,23 @@ def load_split(path: str | os.PathLike) -> SplitData:
         out.plugins[tag] = plugin
         events = acc.Tensors(tag)
         if plugin == "histograms":
-            out.histograms[tag] = [
-                (e.step, tensor_util.make_ndarray(e.tensor_proto)) for e in events
-            ]
+            out.histograms[tag] = [(e.step, _array(e.tensor_proto)) for e in events]
         elif plugin == "scalars":
-            out.scalars[tag] = [
-                (e.step, float(tensor_util.make_ndarray(e.tensor_proto))) for e in events
-            ]
+            out.scalars[tag] = [(e.step, _float(e.tensor_proto)) for e in events]
     return out
+
+
+def _float(proto) -> float:
+    if proto.dtype == types_pb2.DT_FLOAT and len(proto.float_val) == 1 and not proto.tensor_content:
+        return float(proto.float_val[0])
+    return float(tensor_util.make_ndarray(proto))
+
+
+def _array(proto) -> np.ndarray:
+    if proto.dtype == types_pb2.DT_DOUBLE and proto.tensor_content:
+        shape = [dim.size for dim in proto.tensor_shape.dim]
+        return np.frombuffer(proto.tensor_content, "<f8").reshape(shape).copy()
+    return tensor_util.make_ndarray(proto)
 
 
 def load_run(run_dir: str | os.PathLike) -> RunData:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime
+import multiprocessing
 import os
 import platform
 import sys
 import time
 from pathlib import Path
 
-from tbgrad import cli
+from tbgrad import cli, sweep_worker
 
 PROG = "reproduce.py"
 
@@ -105,12 +107,20 @@ def main(argv: list[str] | None = None) -> int:
     failed = [o for o in outcomes if o.status == "failed"]
     for o in failed:
         print(f"failed: {o.run_dir.name}: {o.error}", file=sys.stderr)
-    print("Glorot & Bengio check ...", flush=True)
-    gb = reproduce.glorot_bengio(out, seeds=seeds, epochs=5 if not args.quick else 3)
-    groups = reproduce.collect(groups, out)
+    print("Glorot & Bengio check, reading the runs back ...", flush=True)
+    # The check trains in a worker process (one core) while this one reads
+    # the runs' event files (the other core).
+    with concurrent.futures.ProcessPoolExecutor(
+        1, mp_context=multiprocessing.get_context("spawn"), initializer=sweep_worker.init_worker
+    ) as pool:
+        gb_future = pool.submit(
+            reproduce.glorot_bengio, out, seeds=seeds, epochs=5 if not args.quick else 3
+        )
+        groups = reproduce.collect(groups, out)
+        gb = gb_future.result()
     checks = reproduce.qualitative_checks(groups, gb)
-    minutes = (time.perf_counter() - start) / 60
     figures_written = reproduce.write_figures(groups, gb, figures)
+    minutes = (time.perf_counter() - start) / 60
     meta = {
         "command": " ".join(
             ["scripts/reproduce.py", *(argv if argv is not None else sys.argv[1:])]
