@@ -1,10 +1,13 @@
 """The benchmark behind ``scripts/bench.py``: what logging gradients costs.
 
-Six ways to train the same model on the same data, run side by side:
+Eight ways to train the same model on the same data, run side by side:
 
 * ``fit``: ``model.fit`` with no callback, the floor every ratio refers to;
 * ``fit+keras_tb``: ``model.fit`` with ``keras.callbacks.TensorBoard(histogram_freq=1)``;
 * ``fit+tbgrad``: ``model.fit`` with ``tbgrad.GradientTensorBoard(histogram_freq=1)``;
+* ``fit-noxla``, ``fit-noxla+tbgrad``: ``fit`` and ``fit+tbgrad`` compiled
+  with ``jit_compile=False`` (on a CPU, Keras compiles the train step with XLA by
+  default);
 * ``tape``: :func:`tbgrad.train_with_tape` (histograms every epoch);
 * ``tape+xla``: the same with ``jit_compile=True`` (each step compiled by XLA);
 * ``eager_ref``: the eager GradientTape loop of study B (part 2), the loop a
@@ -45,7 +48,16 @@ from dataclasses import asdict, dataclass
 from tbgrad import cli
 
 PROG = "bench.py"
-VARIANTS = ("fit", "fit+keras_tb", "fit+tbgrad", "tape", "tape+xla", "eager_ref")
+VARIANTS = (
+    "fit",
+    "fit+keras_tb",
+    "fit+tbgrad",
+    "fit-noxla",
+    "fit-noxla+tbgrad",
+    "tape",
+    "tape+xla",
+    "eager_ref",
+)
 FLOOR = "fit"
 
 
@@ -159,10 +171,12 @@ def _epoch_clock(ends: list[float]):
     return EpochClock()
 
 
-def _run_fit(callback_factory):
+def _run_fit(callback_factory, jit_compile="auto"):
     def run(workload, data, epochs, log_dir, ends):
         model, optimizer = _model(workload)
-        model.compile(optimizer, "binary_crossentropy", metrics=["accuracy"])
+        model.compile(
+            optimizer, "binary_crossentropy", metrics=["accuracy"], jit_compile=jit_compile
+        )
         x, y, val = data
         callbacks = [callback_factory(log_dir)] if callback_factory else []
         callbacks.append(_epoch_clock(ends))  # last: after the logging
@@ -270,6 +284,8 @@ RUNNERS: dict[str, Callable] = {
     "fit": _run_fit(None),
     "fit+keras_tb": _run_fit(_keras_tensorboard),
     "fit+tbgrad": _run_fit(_tbgrad_callback),
+    "fit-noxla": _run_fit(None, jit_compile=False),
+    "fit-noxla+tbgrad": _run_fit(_tbgrad_callback, jit_compile=False),
     "tape": _run_tape,
     "tape+xla": functools.partial(_run_tape, jit_compile=True),
     "eager_ref": _run_eager_reference,
