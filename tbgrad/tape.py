@@ -69,9 +69,8 @@ def train_with_tape(
         verbose: 0 silent, 1 a progress bar over the epochs.
         jit_compile: Compile each training and evaluation step with XLA
             (ignored under a multi-replica strategy or with op determinism).
-            It pays for large layers and costs for small ones: per epoch,
-            0.6x vs 0.85x of ``model.fit`` on a 20 x 256 MLP, but 1.5x slower
-            than without on study-sized models (docs/benchmarks.md).
+            It compiles for a few seconds at the start, helps per epoch on
+            large layers and costs on width-64 ones (docs/benchmarks.md).
 
     Returns:
         The history: ``{"loss": [...], "accuracy": [...], "val_loss": ...}``.
