@@ -58,6 +58,10 @@ def test_signal_stops_cleanly(tmp_path, sig, name, code, loop, twice):
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        # As from a terminal: a test run started in the background (nohup,
+        # `&` in a script) passes SIGINT down as ignored, and train.py keeps
+        # an inherited ignored SIGINT ignored, by design.
+        preexec_fn=_default_sigint,
     )
     run_dir = logdir / "long"
     seen = wait_for_epochs(proc, run_dir, 2)
@@ -93,11 +97,19 @@ def test_signal_stops_cleanly(tmp_path, sig, name, code, loop, twice):
     assert len(run.train.event_files) == 1
 
 
+def _default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture
 def own_signal_handlers():
     # stop_on_signals ignores SIGINT/SIGTERM after a stop (the process is
     # expected to exit): give this process its handlers back afterwards.
+    # Python's own Ctrl-C handler meanwhile, even if this test run inherited
+    # SIGINT as ignored (started in the background), which stop_on_signals
+    # would respect.
     saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
     for signum, handler in saved.items():
         signal.signal(signum, handler)
