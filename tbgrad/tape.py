@@ -123,10 +123,10 @@ def train_with_tape(
 
     global_step = tf.Variable(0, dtype=tf.int64, trainable=False)
     # XLA fuses each step's elementwise ops (activations, optimizer updates,
-    # the gradient statistics) into a few kernels, which pays when the
-    # tensors are large; a small model's step then costs more to launch than
-    # it saves. Not under a multi-replica strategy, nor with op determinism,
-    # which XLA does not honour for every op (as in model.fit).
+    # the gradient statistics) into a few kernels, which pays on large layers
+    # but measured slower on width-64 ones, after seconds of compiling
+    # (docs/benchmarks.md). Not under a multi-replica strategy, nor with op
+    # determinism, which XLA does not honour for every op (as in model.fit).
     jit = bool(jit_compile) and strategy is None and not _op_determinism_enabled()
     log_steps = logger is not None and update_freq != "epoch"
 
@@ -137,6 +137,12 @@ def train_with_tape(
             value += tf.add_n(model.losses)
         return value
 
+    def update_metrics(yb, pred, value, n):
+        # The loss weighted by the batch's n samples, and every metric.
+        loss_tracker.update_state(value, sample_weight=n)
+        for metric in metric_objs:
+            metric.update_state(tf.reshape(yb, tf.shape(pred)) if out_units == 1 else yb, pred)
+
     def train_step(xb, yb):
         with tf.GradientTape() as tape:
             pred = model(xb, training=True)
@@ -144,17 +150,11 @@ def train_with_tape(
         variables = model.trainable_variables
         grads = tape.gradient(value, variables)
         optimizer.apply(grads, variables)
-        weight = tf.cast(tf.shape(xb)[0], tf.float32)
-        loss_tracker.update_state(value, sample_weight=weight)
-        for metric in metric_objs:
-            metric.update_state(tf.reshape(yb, tf.shape(pred)) if out_units == 1 else yb, pred)
+        update_metrics(yb, pred, value, tf.cast(tf.shape(xb)[0], tf.float32))
 
     def eval_step(xb, yb):
         pred = model(xb, training=False)
-        weight = tf.cast(tf.shape(xb)[0], tf.float32)
-        loss_tracker.update_state(compute_loss(yb, pred), sample_weight=weight)
-        for metric in metric_objs:
-            metric.update_state(tf.reshape(yb, tf.shape(pred)) if out_units == 1 else yb, pred)
+        update_metrics(yb, pred, compute_loss(yb, pred), tf.cast(tf.shape(xb)[0], tf.float32))
 
     if jit:
         train_step = tf.function(train_step, jit_compile=True)
@@ -199,11 +199,6 @@ def train_with_tape(
             # A replica can get no sample of the last batch: its loss is 0, not NaN.
             value = tf.where(n > 0, compute_loss(yb, pred), 0.0)
             return pred, value, n, tf.math.divide_no_nan(n, total)
-
-        def update_metrics(yb, pred, value, n):
-            loss_tracker.update_state(value, sample_weight=n)
-            for metric in metric_objs:
-                metric.update_state(tf.reshape(yb, tf.shape(pred)) if out_units == 1 else yb, pred)
 
         def replica_train_step(xb, yb):
             with tf.GradientTape() as tape:
