@@ -27,6 +27,12 @@ the tape loop. Reported medians over the repeats:
 * ``epoch_ms``: the steady per-epoch time, the median of the later epochs;
 * ``total_s``: the whole call, everything included;
 * ``bytes_per_epoch``: the size of the run folder over ``epochs``.
+
+``--train-step`` isolates the per-step cost of the gradient statistics from
+the rest of an epoch: it times the workload's compiled train step (forward,
+backward, optimizer update on one batch) without and with tbgrad's optimizer
+hook, without and with XLA, in alternating rounds of many steps, and prints
+the median ms per step and the ratio of each hooked step to its plain one.
 """
 
 from __future__ import annotations
@@ -376,6 +382,92 @@ def bench_workload(
     return rows
 
 
+STEP_VARIANTS = ("step", "step+stats", "step-xla", "step-xla+stats")
+
+
+def bench_train_step(
+    workload: Workload,
+    rounds: int,
+    steps: int = 100,
+    progress: Callable[[str], None] | None = None,
+) -> list[dict]:
+    """Times ``workload``'s bare compiled train step with and without the
+    statistics (:data:`STEP_VARIANTS`): ``rounds`` alternating rounds of
+    ``steps`` steps each, after a warm-up. Returns one row per variant with
+    the median ms per step and its ratio to the same step without them.
+    """
+    import keras
+    import tensorflow as tf
+
+    from tbgrad.hook import OptimizerHook
+    from tbgrad.stats import GradientStats, kernel_layers
+
+    model, optimizer = _model(workload)
+    optimizer.build(model.trainable_variables)
+    x, y, _ = load_data(workload, workload.batch_size)
+    xb = tf.constant(x[: workload.batch_size])
+    yb = tf.constant(y[: workload.batch_size].reshape(-1, 1))
+    loss_fn = keras.losses.BinaryCrossentropy()
+
+    def make_step(xla: bool, stats: bool):
+        def step(xb, yb):
+            with tf.GradientTape() as tape:
+                loss = loss_fn(yb, model(xb, training=True))
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply(grads, model.trainable_variables)
+            return loss
+
+        compiled = tf.function(step, jit_compile=xla)
+        if stats:
+            # The hook is read when the step is traced: trace it installed.
+            with OptimizerHook(optimizer, GradientStats(kernel_layers(model), jit_compile=xla)):
+                compiled(xb, yb)
+        return compiled
+
+    fns = {
+        name: make_step(xla="xla" in name, stats=name.endswith("+stats")) for name in STEP_VARIANTS
+    }
+    times: dict[str, list[float]] = {name: [] for name in STEP_VARIANTS}
+    for r in range(rounds + 1):  # round 0 warms up
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(steps):
+                loss = fn(xb, yb)
+            float(loss)
+            if r:
+                times[name].append((time.perf_counter() - start) / steps * 1000)
+        if r and progress:
+            progress(
+                f"{workload.name} round {r}/{rounds}: "
+                + ", ".join(f"{n} {times[n][-1]:.2f}" for n in STEP_VARIANTS)
+                + " ms/step"
+            )
+    rows = []
+    for name in STEP_VARIANTS:
+        ms = statistics.median(times[name])
+        base = statistics.median(times[name.removesuffix("+stats")])
+        rows.append(
+            {
+                "workload": workload.name,
+                "variant": name,
+                "step_ms": ms,
+                "ratio": ms / base,
+                "step_ms_all": times[name],
+            }
+        )
+    return rows
+
+
+def format_step_table(rows: Sequence[dict]) -> str:
+    """A Markdown table of :func:`bench_train_step`'s rows."""
+    lines = ["| workload | variant | ms/step | x same step without |", "|---|---|---:|---:|"]
+    for r in rows:
+        lines.append(
+            f"| {r['workload']} | {r['variant']} | {r['step_ms']:.2f} | {r['ratio']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def environment() -> dict[str, str]:
     """Machine and versions, for the report."""
     import keras
@@ -450,6 +542,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="training samples of every workload (default per workload)",
     )
     p.add_argument("--no-warmup", action="store_true", help="skip the warm-up round")
+    p.add_argument(
+        "--train-step",
+        action="store_true",
+        help="time the bare compiled train step without and with the gradient "
+        f"statistics, without and with XLA ({', '.join(STEP_VARIANTS)}); "
+        "--repeats rounds of --steps steps",
+    )
+    p.add_argument(
+        "--steps",
+        type=cli.positive_int,
+        default=100,
+        help="steps per round of --train-step (default 100)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     return p
 
@@ -471,6 +576,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     def progress(message):
         print(message, file=sys.stderr, flush=True)
 
+    if args.train_step:
+        step_rows = []
+        for name in dict.fromkeys(args.workloads):
+            step_rows += bench_train_step(WORKLOADS[name], args.repeats, args.steps, progress)
+        _print_report(args, step_rows, "the same step without the statistics", format_step_table)
+        return 0
+
     rows: list[Row] = []
     for name in dict.fromkeys(args.workloads):
         rows += bench_workload(
@@ -482,17 +594,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             warmup=not args.no_warmup,
             progress=progress,
         )
+    _print_report(args, rows, f"plain model.fit ({FLOOR})", format_table)
+    return 0
+
+
+def _print_report(args, rows, floor: str, table: Callable) -> None:
     env = environment()
     if args.json:
         payload = {
             "environment": env,
             "repeats": args.repeats,
             "workloads": {n: WORKLOADS[n].description for n in dict.fromkeys(args.workloads)},
-            "rows": [asdict(r) for r in rows],
+            "rows": [r if isinstance(r, dict) else asdict(r) for r in rows],
         }
         print(json.dumps(payload, indent=2))
     else:
         print(", ".join(f"{k} {v}" for k, v in env.items() if v))
-        print(f"medians of {args.repeats} repeats; ratios to plain model.fit ({FLOOR})")
-        print(format_table(rows))
-    return 0
+        print(f"medians of {args.repeats} repeats; ratios to {floor}")
+        print(table(rows))

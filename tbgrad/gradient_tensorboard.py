@@ -130,7 +130,9 @@ class GradientTensorBoard(keras.callbacks.Callback):
                 stacklevel=3,
             )
         with self.model.distribute_strategy.scope():
-            self._stats = GradientStats(layers)
+            # fit compiles its train step with XLA when model.jit_compile is
+            # True (Keras's "auto" resolves to True on TensorFlow).
+            self._stats = GradientStats(layers, jit_compile=self.model.jit_compile)
         self._stats.reset(capture=self._capture)
         return self._stats
 

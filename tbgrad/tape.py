@@ -97,6 +97,12 @@ def train_with_tape(
     if len(x) != len(y):
         raise ValueError(f"x and y differ in length. Received: len(x)={len(x)}, len(y)={len(y)}")
     strategy = _replica_strategy(model)
+    # XLA fuses each step's elementwise ops (activations, optimizer updates,
+    # the gradient statistics) into a few kernels, which pays on large layers
+    # but measured slower on width-64 ones, after seconds of compiling
+    # (docs/benchmarks.md). Not under a multi-replica strategy, nor with op
+    # determinism, which XLA does not honour for every op (as in model.fit).
+    jit = bool(jit_compile) and strategy is None and not _op_determinism_enabled()
     # Under a multi-replica strategy (the model built in its scope), our
     # variables are mirrored too; a single device needs no scope.
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
@@ -108,7 +114,7 @@ def train_with_tape(
         out_units = int(model.outputs[0].shape[-1]) if getattr(model, "outputs", None) else 1
         metric_objs = [_metric(name, out_units) for name in metrics]
         loss_tracker = keras.metrics.Mean(name="loss")
-        stats = GradientStats(kernel_layers(model))
+        stats = GradientStats(kernel_layers(model), jit_compile=jit)
     logger = SummaryLogger(log_dir, stats) if log_dir is not None else None
 
     n = len(x)
@@ -122,12 +128,6 @@ def train_with_tape(
         val_ds = tf.data.Dataset.from_tensor_slices((xv, yv)).batch(batch_size)
 
     global_step = tf.Variable(0, dtype=tf.int64, trainable=False)
-    # XLA fuses each step's elementwise ops (activations, optimizer updates,
-    # the gradient statistics) into a few kernels, which pays on large layers
-    # but measured slower on width-64 ones, after seconds of compiling
-    # (docs/benchmarks.md). Not under a multi-replica strategy, nor with op
-    # determinism, which XLA does not honour for every op (as in model.fit).
-    jit = bool(jit_compile) and strategy is None and not _op_determinism_enabled()
     log_steps = logger is not None and update_freq != "epoch"
 
     def compute_loss(yb, pred):

@@ -66,3 +66,17 @@ def test_bad_flags_exit_2_with_one_line(argv, message, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"bench.py: error: {message}")
     assert err.count("\n") == 1
+
+
+def test_train_step_mode_times_each_step_variant(capsys):
+    argv = ["--train-step", "--workloads", "study-a", "--repeats", "1", "--steps", "3", "--json"]
+    assert bench.main(argv) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert [row["variant"] for row in rows] == list(bench.STEP_VARIANTS)
+    by_name = {row["variant"]: row for row in rows}
+    for row in rows:
+        assert row["workload"] == "study-a"
+        assert len(row["step_ms_all"]) == 1 and row["step_ms"] > 0
+        base = by_name[row["variant"].removesuffix("+stats")]["step_ms"]
+        assert math.isclose(row["ratio"], row["step_ms"] / base)
+    assert by_name["step"]["ratio"] == by_name["step-xla"]["ratio"] == 1.0
