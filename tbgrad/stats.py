@@ -13,6 +13,9 @@ size are stacked and reduced together, so a deep model costs a few ops per
 step and per distinct kernel size rather than a dozen per layer (on a CPU
 the per-op cost, not the arithmetic, dominates for small kernels). The
 finite-only recount runs only in steps whose gradients hold a NaN or an Inf.
+In an XLA-compiled step (``jit_compile=True``) the sums are instead one
+matrix-vector product per group, always over the finite entries, with no
+``tf.cond`` (see :func:`_finite_sums_xla`).
 """
 
 from __future__ import annotations
