@@ -85,8 +85,9 @@ class GradientStats:
     Args:
         layers: The layers to track, from :func:`kernel_layers`.
         jit_compile: Whether the train step that calls :meth:`update` is
-            compiled with XLA. The numbers are the same either way; only how
-            the per-layer sums are computed differs (see :func:`_sums_xla`).
+            compiled with XLA. The numbers are the same either way (up to
+            float32 rounding); only how the per-layer sums are computed
+            differs (see :func:`_finite_sums_xla`).
 
     Create it in the distribution strategy's scope (if any): its variables
     are then mirrored and updated by the first replica only.
