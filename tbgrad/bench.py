@@ -1,6 +1,6 @@
 """The benchmark behind ``scripts/bench.py``: what logging gradients costs.
 
-Eight ways to train the same model on the same data, run side by side:
+Ten ways to train the same model on the same data, run side by side:
 
 * ``fit``: ``model.fit`` with no callback, the floor every ratio refers to;
 * ``fit+keras_tb``: ``model.fit`` with ``keras.callbacks.TensorBoard(histogram_freq=1)``;
@@ -8,6 +8,8 @@ Eight ways to train the same model on the same data, run side by side:
 * ``fit-noxla``, ``fit-noxla+tbgrad``: ``fit`` and ``fit+tbgrad`` compiled
   with ``jit_compile=False`` (on a CPU, Keras compiles the train step with XLA by
   default);
+* ``fit-epoch``, ``fit-epoch+tbgrad``: ``fit`` and ``fit+tbgrad`` compiled
+  with ``steps_per_execution`` = the steps of an epoch (one call per epoch);
 * ``tape``: :func:`tbgrad.train_with_tape` (histograms every epoch);
 * ``tape+xla``: the same with ``jit_compile=True`` (each step compiled by XLA);
 * ``eager_ref``: the eager GradientTape loop of study B (part 2), the loop a
@@ -60,6 +62,8 @@ VARIANTS = (
     "fit+tbgrad",
     "fit-noxla",
     "fit-noxla+tbgrad",
+    "fit-epoch",
+    "fit-epoch+tbgrad",
     "tape",
     "tape+xla",
     "eager_ref",
@@ -177,13 +181,17 @@ def _epoch_clock(ends: list[float]):
     return EpochClock()
 
 
-def _run_fit(callback_factory, jit_compile="auto"):
+def _run_fit(callback_factory, jit_compile="auto", whole_epoch=False):
     def run(workload, data, epochs, log_dir, ends):
         model, optimizer = _model(workload)
-        model.compile(
-            optimizer, "binary_crossentropy", metrics=["accuracy"], jit_compile=jit_compile
-        )
         x, y, val = data
+        model.compile(
+            optimizer,
+            "binary_crossentropy",
+            metrics=["accuracy"],
+            jit_compile=jit_compile,
+            steps_per_execution=-(-len(x) // workload.batch_size) if whole_epoch else 1,
+        )
         callbacks = [callback_factory(log_dir)] if callback_factory else []
         callbacks.append(_epoch_clock(ends))  # last: after the logging
         model.fit(
@@ -292,6 +300,8 @@ RUNNERS: dict[str, Callable] = {
     "fit+tbgrad": _run_fit(_tbgrad_callback),
     "fit-noxla": _run_fit(None, jit_compile=False),
     "fit-noxla+tbgrad": _run_fit(_tbgrad_callback, jit_compile=False),
+    "fit-epoch": _run_fit(None, whole_epoch=True),
+    "fit-epoch+tbgrad": _run_fit(_tbgrad_callback, whole_epoch=True),
     "tape": _run_tape,
     "tape+xla": functools.partial(_run_tape, jit_compile=True),
     "eager_ref": _run_eager_reference,

@@ -13,7 +13,7 @@ from tbgrad import bench
 def test_json_output_has_one_row_per_variant(capsys):
     argv = [
         "--workloads", "study-a",
-        "--variants", "fit+tbgrad", "tape", "eager_ref",
+        "--variants", "fit+tbgrad", "fit-epoch+tbgrad", "tape", "eager_ref",
         "--samples", "64",
         "--epochs", "2",
         "--repeats", "1",
@@ -27,7 +27,13 @@ def test_json_output_has_one_row_per_variant(capsys):
     assert list(out["workloads"]) == ["study-a"]
     rows = {row["variant"]: row for row in out["rows"]}
     # The floor is always run, first, and the others keep the table's order.
-    assert [row["variant"] for row in out["rows"]] == ["fit", "fit+tbgrad", "tape", "eager_ref"]
+    assert [row["variant"] for row in out["rows"]] == [
+        "fit",
+        "fit+tbgrad",
+        "fit-epoch+tbgrad",
+        "tape",
+        "eager_ref",
+    ]
     for row in rows.values():
         assert row["workload"] == "study-a"
         assert row["epochs"] == 2
@@ -41,6 +47,7 @@ def test_json_output_has_one_row_per_variant(capsys):
     assert rows["fit"]["bytes_per_epoch"] == 0
     assert rows["eager_ref"]["bytes_per_epoch"] == 0
     assert rows["fit+tbgrad"]["bytes_per_epoch"] > 1000
+    assert rows["fit-epoch+tbgrad"]["bytes_per_epoch"] > 1000
     assert rows["tape"]["bytes_per_epoch"] > 1000
 
 

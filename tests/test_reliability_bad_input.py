@@ -139,6 +139,7 @@ def test_callback_bad_arguments(kwargs, error, match):
         (dict(histogram_freq=-2), ValueError, "Received: histogram_freq=-2"),
         (dict(update_freq=-5), ValueError, "Received: update_freq=-5"),
         (dict(shuffle_buffer=0), ValueError, "Received: shuffle_buffer=0"),
+        (dict(validation_batch_size=0), ValueError, "Received: validation_batch_size=0"),
     ],
 )
 def test_train_with_tape_bad_arguments(tmp_path, kwargs, error, match):

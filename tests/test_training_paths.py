@@ -16,15 +16,22 @@ BATCH = 64
 LR = 0.05
 N = 200  # 3 steps of 64 and one of 8 per epoch
 LAYERS = ["hidden_1", "hidden_2", "output"]
-# model.fit with the callback; train_with_tape without and with XLA.
-LOOPS = ["fit", "tape", "tape+xla"]
+# model.fit with the callback, one step per call and three (the 4 steps of an
+# epoch run as executions of 3 and 1); train_with_tape without and with XLA.
+LOOPS = ["fit", "fit+spe", "tape", "tape+xla"]
+STEPS_PER_EXECUTION = 3
 
 
 def _train(path, loop, x, y, xv, yv, **kwargs):
     model = tiny_mlp()
     initial = model.get_weights()
-    if loop == "fit":
-        model.compile(keras.optimizers.SGD(LR), "binary_crossentropy", metrics=["accuracy"])
+    if loop.startswith("fit"):
+        model.compile(
+            keras.optimizers.SGD(LR),
+            "binary_crossentropy",
+            metrics=["accuracy"],
+            steps_per_execution=STEPS_PER_EXECUTION if loop == "fit+spe" else 1,
+        )
         model.fit(
             x,
             y,
@@ -85,7 +92,7 @@ def test_every_tag_in_the_right_folder_and_plugin(runs, loop):
     assert len(run.validation.event_files) == 1
 
 
-@pytest.mark.parametrize("loop", ["tape", "tape+xla"])
+@pytest.mark.parametrize("loop", ["fit+spe", "tape", "tape+xla"])
 def test_both_paths_write_identical_tags_and_values(runs, loop):
     fit, tape = runs[0]["fit"][0], runs[0][loop][0]
     for split in ("train", "validation"):
@@ -176,6 +183,18 @@ def test_histogram_freq_and_update_freq(tmp_path, circles, loop):
         assert run.train.steps(tag) == [3, 6, 9, 12], tag
 
 
+def test_update_freq_counts_steps_not_executions(tmp_path, circles):
+    # Executions of 3 and 1 steps end at global steps 3, 4, 7, 8, 11, 12: fit
+    # has logs only there, so the multiples 3, 6, 9, 12 are written at the
+    # end of the execution that crossed them.
+    x, y = circles.x_train[:N], circles.y_train[:N]
+    _train(tmp_path, "fit+spe", x, y, x[:50], y[:50], update_freq=3)
+    run = load_run(tmp_path)
+    for tag in ("batch_loss", "batch_grad_mean_abs/hidden_1"):
+        assert run.train.steps(tag) == [3, 7, 11, 12], tag
+    assert run.train.steps("grad_mean_abs/output") == [0, 1, 2]
+
+
 def test_histogram_freq_zero_writes_no_histograms(tmp_path, circles):
     _train(
         tmp_path,
@@ -197,3 +216,28 @@ def test_grad_ratio_is_first_over_last_layer(runs, loop):
     first = run.train.scalar("grad_mean_abs/hidden_1")
     last = run.train.scalar("grad_mean_abs/output")
     np.testing.assert_allclose(run.train.scalar("grad_ratio"), first / last, rtol=1e-5)
+
+
+def test_validation_batch_size_gives_the_same_figures(circles):
+    # One evaluation step over all 500 samples, or 16 steps of 32.
+    x, y = circles.x_train[:N], circles.y_train[:N]
+    histories = []
+    for validation_batch_size in (None, 1024):
+        histories.append(
+            tbgrad.train_with_tape(
+                tiny_mlp(),
+                x,
+                y,
+                epochs=2,
+                batch_size=32,
+                shuffle=False,
+                optimizer=keras.optimizers.SGD(LR),
+                validation_data=(circles.x_test, circles.y_test),
+                validation_batch_size=validation_batch_size,
+                verbose=0,
+            )
+        )
+    steps, one = histories
+    np.testing.assert_allclose(steps["val_loss"], one["val_loss"], rtol=1e-6)
+    np.testing.assert_array_equal(steps["val_accuracy"], one["val_accuracy"])
+    np.testing.assert_array_equal(steps["loss"], one["loss"])
