@@ -210,10 +210,8 @@ def initial_accuracy(config: RunConfig) -> float:
     """
     from tbgrad import experiment
 
-    data, model, optimizer = experiment.build(config)
-    model.compile(optimizer, "binary_crossentropy", metrics=["accuracy"])
-    _, accuracy = model.evaluate(data.x_train, data.y_train, batch_size=256, verbose=0)
-    return float(accuracy)
+    data, model, _ = experiment.build(config)
+    return experiment.evaluate(model, data.x_train, data.y_train)[1]
 
 
 def collect(groups: list[Group], out_dir: Path) -> list[Group]:
@@ -556,8 +554,9 @@ def results_markdown(
         f"- Study A's runs and the extensions use the `{meta.get('study_a_loop', 'tape')}` loop; "
         "both loops log the same gradients (checked value by value in "
         "`tests/test_training_paths.py`). Study B's model runs through both, as the study did.",
-        "- Figures are mean ± std over the seeds; accuracies are `model.evaluate` after "
-        "training (study A: train and test halves; study B: the training data). The verdict "
+        "- Figures are mean ± std over the seeds; accuracies are the trained model's on "
+        "every sample after training (`model.evaluate`'s, up to float32 rounding; "
+        "study A: train and test halves; study B: the training data). The verdict "
         "and the weakest-layer ratio are those of `scripts/report.py` (README, 'Comparing runs').",
         "",
         "## Study A: vanishing gradients with tanh, fixed by relu + He",
