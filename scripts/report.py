@@ -7,7 +7,7 @@ python scripts/report.py logs/sweep-act-depth --png reports
 
 import sys
 
-from tbgrad.report_cli import main
+from tbgrad.cli.report import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -7,7 +7,7 @@ python scripts/reproduce.py --quick    # A2 vs A3 and the Glorot check, a minute
 
 import sys
 
-from tbgrad.reproduce_cli import main
+from tbgrad.cli.reproduce import main
 
 if __name__ == "__main__":
     sys.exit(main())

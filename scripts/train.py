@@ -7,7 +7,7 @@ tensorboard --logdir logs
 
 import sys
 
-from tbgrad.train_cli import main
+from tbgrad.cli.train import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,13 +1,19 @@
 """tbgrad: per-layer gradients of Keras models in TensorBoard.
 
+The library: a callback for ``model.fit``, a compiled GradientTape loop, the
+optimizer hook and statistics both share, the summary writer that owns the
+tag contract, and reading runs back. The experiment lab (presets, data,
+models, sweeps, reports, the reproduction of the reference studies, the
+benchmark) lives in :mod:`tbgrad.lab`; the ``tbgrad`` command in
+:mod:`tbgrad.cli`.
+
 Example:
-    >>> import tbgrad
-    >>> model = tbgrad.build_mlp(depth=5, width=5, activation="tanh", init="uniform01")
+    >>> import keras, tbgrad
     >>> model.compile("sgd", "binary_crossentropy", metrics=["accuracy"])
     >>> model.fit(x, y, epochs=10, callbacks=[tbgrad.GradientTensorBoard("logs/run")])
 
-The public names load on first use, so that the command-line tools can check
-their flags before TensorFlow is imported.
+The public names load on first use, so that the command line can check its
+flags before TensorFlow is imported.
 """
 
 from __future__ import annotations
@@ -18,64 +24,46 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 _PUBLIC = {
-    "RunConfig": "tbgrad.config",
-    "make_config": "tbgrad.config",
-    "PRESETS": "tbgrad.config",
-    "load_run": "tbgrad.eventlog",
-    "find_runs": "tbgrad.eventlog",
-    "run_sweep": "tbgrad.sweep",
-    "verdict_of": "tbgrad.verdict",
-    "DATASETS": "tbgrad.data",
-    "Dataset": "tbgrad.data",
-    "load_dataset": "tbgrad.data",
     "GradientTensorBoard": "tbgrad.gradient_tensorboard",
+    "train_with_tape": "tbgrad.tape",
     "OptimizerHook": "tbgrad.hook",
-    "build_mlp": "tbgrad.models",
-    "make_initializer": "tbgrad.models",
-    "make_optimizer": "tbgrad.models",
     "GradientStats": "tbgrad.stats",
     "kernel_layers": "tbgrad.stats",
     "SummaryLogger": "tbgrad.summary",
-    "train_with_tape": "tbgrad.tape",
+    "write_hparams": "tbgrad.hparams",
+    "load_run": "tbgrad.eventlog",
+    "find_runs": "tbgrad.eventlog",
+    "verdict_of": "tbgrad.verdict",
 }
+_SUBPACKAGES = ("lab", "cli", "dashboard")
 
 __all__ = [
-    "PRESETS",
-    "RunConfig",
-    "find_runs",
-    "load_run",
-    "make_config",
-    "run_sweep",
-    "verdict_of",
-    "DATASETS",
-    "Dataset",
     "GradientStats",
     "GradientTensorBoard",
     "OptimizerHook",
     "SummaryLogger",
-    "build_mlp",
+    "find_runs",
     "kernel_layers",
-    "load_dataset",
-    "make_initializer",
-    "make_optimizer",
+    "load_run",
     "train_with_tape",
+    "verdict_of",
+    "write_hparams",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from tbgrad.config import PRESETS, RunConfig, make_config
-    from tbgrad.data import DATASETS, Dataset, load_dataset
     from tbgrad.eventlog import find_runs, load_run
     from tbgrad.gradient_tensorboard import GradientTensorBoard
     from tbgrad.hook import OptimizerHook
-    from tbgrad.models import build_mlp, make_initializer, make_optimizer
+    from tbgrad.hparams import write_hparams
     from tbgrad.stats import GradientStats, kernel_layers
     from tbgrad.summary import SummaryLogger
-    from tbgrad.sweep import run_sweep
     from tbgrad.tape import train_with_tape
     from tbgrad.verdict import verdict_of
 
 
 def __getattr__(name: str):
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"tbgrad.{name}")
     module = _PUBLIC.get(name)
     if module is None:
         raise AttributeError(f"module 'tbgrad' has no attribute {name!r}")

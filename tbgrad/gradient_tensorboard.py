@@ -17,6 +17,8 @@ from typing import Literal
 import keras
 import tensorflow as tf
 
+from tbgrad import _compat
+from tbgrad._validate import check_histogram_freq, check_update_freq
 from tbgrad.hook import OptimizerHook
 from tbgrad.stats import GradientStats, kernel_layers
 from tbgrad.summary import SummaryLogger
@@ -58,16 +60,8 @@ class GradientTensorBoard(keras.callbacks.Callback):
         update_freq: Literal["epoch"] | int = "epoch",
     ):
         super().__init__()
-        if isinstance(histogram_freq, bool) or not isinstance(histogram_freq, int):
-            raise TypeError(
-                f"histogram_freq must be an int. Received: histogram_freq={histogram_freq!r}"
-            )
-        if histogram_freq < 0:
-            raise ValueError(
-                "histogram_freq must be >= 0 (0 disables histograms). "
-                f"Received: histogram_freq={histogram_freq}"
-            )
-        update_freq = validate_update_freq(update_freq)
+        check_histogram_freq(histogram_freq)
+        check_update_freq(update_freq)
         self.log_dir = os.fspath(log_dir)
         self.histogram_freq = histogram_freq
         self.update_freq = update_freq
@@ -92,7 +86,7 @@ class GradientTensorBoard(keras.callbacks.Callback):
         # A subclassed model is built only when fit first traces its train
         # step; its kernels exist from then on. Built models get their
         # statistics now, the others from inside that first trace.
-        if all(layer.built for layer in self.model._flatten_layers()):
+        if _compat.all_layers_built(self.model):
             self._make_stats()
         self._install_hook()
 
@@ -193,18 +187,6 @@ class GradientTensorBoard(keras.callbacks.Callback):
         self._hook = None
         # Later fits without this callback must not keep updating our stats.
         self.model.train_function = None
-
-
-def validate_update_freq(update_freq):
-    """Returns ``update_freq`` if it is ``"epoch"`` or a positive int."""
-    if update_freq == "epoch":
-        return update_freq
-    if isinstance(update_freq, bool) or not isinstance(update_freq, int) or update_freq < 1:
-        raise ValueError(
-            "update_freq must be 'epoch' or a positive number of steps. "
-            f"Received: update_freq={update_freq!r}"
-        )
-    return update_freq
 
 
 def _learning_rate(optimizer) -> float | None:

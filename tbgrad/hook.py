@@ -1,11 +1,11 @@
 """Taps the gradients an optimizer applies, for :class:`GradientStats`.
 
-Every Keras 3 optimizer ends ``apply()`` in ``_backend_update_step(grads,
-variables, learning_rate)``, after loss-scale unscaling, gradient clipping
-and gradient accumulation: the gradients it receives are exactly the ones
-that move the weights. :class:`OptimizerHook` wraps that method on one
-optimizer instance (not its class) so that both ``model.fit`` and the tape
-loop feed the statistics from the same place.
+Every Keras 3 optimizer ends ``apply()`` in one update step, after
+loss-scale unscaling, gradient clipping and gradient accumulation: the
+gradients it receives are exactly the ones that move the weights.
+:class:`OptimizerHook` wraps that step on one optimizer instance (not its
+class, see :func:`tbgrad._compat.wrap_update_step`) so that both
+``model.fit`` and the tape loop feed the statistics from the same place.
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ from collections.abc import Callable
 
 import keras
 
+from tbgrad import _compat
 from tbgrad.stats import GradientStats
-
-HOOKED_METHOD = "_backend_update_step"
 
 
 def inner_optimizer(optimizer):
@@ -44,10 +43,10 @@ class OptimizerHook:
         stats: GradientStats | Callable[[], GradientStats],
     ):
         target = inner_optimizer(optimizer)
-        if not hasattr(target, HOOKED_METHOD):
+        if not _compat.has_update_step(target):
             raise TypeError(
                 "tbgrad needs a Keras 3 optimizer (with "
-                f"{HOOKED_METHOD}). Received: optimizer={optimizer!r}"
+                f"{_compat.OPTIMIZER_UPDATE_STEP}). Received: optimizer={optimizer!r}"
             )
         self.optimizer = target
         self.stats = stats
@@ -56,24 +55,18 @@ class OptimizerHook:
     def install(self) -> None:
         if self._installed:
             return
-        original = getattr(self.optimizer, HOOKED_METHOD)
         stats = self.stats
 
-        def update_step(grads, trainable_variables, learning_rate):
-            grads = list(grads)
-            trainable_variables = list(trainable_variables)
+        def before_update(grads, variables):
             target = stats() if callable(stats) else stats
-            target.update(grads, trainable_variables)
-            return original(grads, trainable_variables, learning_rate)
+            target.update(grads, variables)
 
-        # An instance attribute shadows the class's method for this optimizer
-        # only; remove() deletes it and the class's method shows through again.
-        setattr(self.optimizer, HOOKED_METHOD, update_step)
+        _compat.wrap_update_step(self.optimizer, before_update)
         self._installed = True
 
     def remove(self) -> None:
         if self._installed:
-            self.optimizer.__dict__.pop(HOOKED_METHOD, None)
+            _compat.unwrap_update_step(self.optimizer)
             self._installed = False
 
     def __enter__(self) -> OptimizerHook:

@@ -1,4 +1,4 @@
-"""HParams for TensorBoard: each run's configuration and outcome metrics.
+"""HParams for TensorBoard: a run's configuration and its outcome metrics.
 
 :func:`write_hparams` writes, into the run folder itself (next to its
 ``train/`` and ``validation/`` folders), an ``hparams_config`` summary (the
@@ -8,38 +8,19 @@ one row per run: the configuration plus the last value of each metric of
 :data:`METRICS`, read from the run's own scalars (``validation/epoch_accuracy``
 and so on), so nothing has to be written at the end of training.
 
-Every run writes the same ``hparams_config``; TensorBoard uses the first it
-finds (``tensorboard/plugins/hparams/backend_context.py``), so runs written by
-separate processes or sweeps share one table.
+Runs that write the same columns share one table: TensorBoard uses the first
+``hparams_config`` it finds (``tensorboard/plugins/hparams/backend_context.py``).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hp
 
 from tbgrad import tags
-from tbgrad.config import RunConfig
-
-# The configuration columns, in the dashboard's order.
-HPARAMS = (
-    "act",
-    "init",
-    "output_init",
-    "depth",
-    "width",
-    "optimizer",
-    "lr",
-    "momentum",
-    "batch_size",
-    "epochs",
-    "seed",
-    "loop",
-    "dataset",
-    "preset",
-)
 
 # (tag, group, display name): group is the run's sub-folder holding the tag.
 METRICS = (
@@ -50,49 +31,37 @@ METRICS = (
     (tags.GRAD_RATIO, tags.TRAIN_DIR, "grad ratio (first / output)"),
 )
 
-
-def hparam_values(config: RunConfig) -> dict[str, str | int | float]:
-    """The HParams values of ``config`` (defaults resolved, no None)."""
-    return {
-        "act": config.act,
-        "init": config.init,
-        "output_init": config.output_init or "default",
-        "depth": config.depth,
-        "width": config.width,
-        "optimizer": config.optimizer,
-        "lr": float(config.learning_rate),
-        "momentum": float(config.momentum_value),
-        "batch_size": config.batch_size,
-        "epochs": config.epochs,
-        "seed": config.seed,
-        "loop": config.loop,
-        "dataset": config.dataset,
-        "preset": config.preset or "none",
-    }
+HParamValue = str | int | float | bool
 
 
-def write_hparams(run_dir: str | os.PathLike, config: RunConfig) -> None:
-    """Writes ``config`` as this run's HParams into ``run_dir``.
+def write_hparams(
+    run_dir: str | os.PathLike,
+    hparams: Mapping[str, HParamValue],
+    metrics: Sequence[tuple[str, str, str]] = METRICS,
+) -> None:
+    """Writes ``hparams`` as this run's HParams into ``run_dir``.
 
     Args:
-        run_dir: The run folder (the one holding ``train/``).
-        config: The run's configuration.
+        run_dir: The run folder (the one holding ``train/``); its name is the
+            HParams trial.
+        hparams: ``{name: value}``, the columns in the dashboard's order.
+        metrics: ``(tag, group, display name)`` of each metric column.
 
     Example:
-        >>> write_hparams("logs/A2-tanh-uniform01-d5-w5-sgd-s1", config)
+        >>> write_hparams("logs/run1", {"act": "tanh", "depth": 5, "lr": 0.01})
     """
     run_dir = os.fspath(run_dir)
-    if not isinstance(config, RunConfig):
-        raise TypeError(f"config must be a RunConfig. Received: config={config!r}")
+    if not isinstance(hparams, Mapping):
+        raise TypeError(f"hparams must be a mapping of names to values. Received: {hparams!r}")
     writer = tf.summary.create_file_writer(run_dir)
     try:
         with writer.as_default(), tf.summary.record_if(True):
             hp.hparams_config(
-                hparams=[hp.HParam(name) for name in HPARAMS],
+                hparams=[hp.HParam(name) for name in hparams],
                 metrics=[
-                    hp.Metric(tag, group=group, display_name=name) for tag, group, name in METRICS
+                    hp.Metric(tag, group=group, display_name=name) for tag, group, name in metrics
                 ],
             )
-            hp.hparams(hparam_values(config), trial_id=os.path.basename(run_dir))
+            hp.hparams(dict(hparams), trial_id=os.path.basename(run_dir))
     finally:
         writer.close()

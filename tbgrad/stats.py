@@ -26,6 +26,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tbgrad import _compat
+
 # Columns of the per-layer statistics matrix.
 MEAN_ABS, STD, NONFINITE = 0, 1, 2
 N_STATS = 3
@@ -74,7 +76,7 @@ def kernel_layers(model: keras.Model) -> list[KernelLayer]:
 def _walk(layer):
     # Depth-first over tracked sub-layers, so subclassed models and nested
     # Sequential/functional models are covered as well as plain ones.
-    for sub in getattr(layer, "_layers", None) or getattr(layer, "layers", []):
+    for sub in _compat.sublayers(layer):
         yield sub
         yield from _walk(sub)
 

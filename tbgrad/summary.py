@@ -23,9 +23,9 @@ import tensorflow as tf
 from tensorboard.compat.proto import summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorboard.plugins.histogram import metadata as histogram_metadata
 from tensorboard.plugins.scalar import metadata as scalar_metadata
-from tensorflow.python.ops import gen_summary_ops
 
-from tbgrad import layout, tags
+from tbgrad import _compat, layout, tags
+from tbgrad.dashboard import metadata as dashboard_metadata
 from tbgrad.stats import GradientStats
 
 # TensorBoard's own default (tensorboard/plugins/histogram/summary_v2.py).
@@ -68,6 +68,8 @@ class SummaryLogger:
             )
             if split == tags.TRAIN_DIR:
                 layout.write_layout(self._writers[split])  # Custom Scalars charts
+                # The layers' order, for the Gradient-flow dashboard.
+                dashboard_metadata.write_layers(self._writers[split], self.stats.names)
         return self._writers[split]
 
     # -- public events ------------------------------------------------------
@@ -137,11 +139,7 @@ class SummaryLogger:
     def _write_raw(self, split: str, step: int, values) -> None:
         data = tf.constant(self._serialize(split, values))
         writer = self.writer(split)
-        resource = getattr(writer, "_resource", None)
-        if resource is not None:
-            # The op write_raw_pb runs, without the flush (an fsync of the
-            # event file) that leaving writer.as_default() does every epoch.
-            gen_summary_ops.write_raw_proto_summary(resource, tf.constant(step, tf.int64), data)
+        if _compat.write_raw_summary(writer, step, data):
             return
         # Keras 3 drops epoch summaries when an integer update_freq leaves
         # record_if false at epoch end (tensorflow/tensorboard#4975): always

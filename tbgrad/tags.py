@@ -10,7 +10,7 @@ Layout of a run folder::
     <run>/validation/  epoch_* scalars of the validation data
 
 Per-layer tags use the layer's name (``hidden_1``, ..., ``output`` for
-models built by :func:`tbgrad.build_mlp`).
+models built by :func:`tbgrad.lab.build_mlp`).
 """
 
 from __future__ import annotations

@@ -16,12 +16,12 @@ import tbgrad  # noqa: E402
 
 @pytest.fixture(scope="session")
 def circles():
-    return tbgrad.load_dataset("circles-a")
+    return tbgrad.lab.load_dataset("circles-a")
 
 
 def tiny_mlp(seed: int = 3, depth: int = 2, act: str = "tanh", init: str = "glorot_uniform"):
     keras.utils.set_random_seed(seed)
-    return tbgrad.build_mlp(depth=depth, width=4, activation=act, init=init)
+    return tbgrad.lab.build_mlp(depth=depth, width=4, activation=act, init=init)
 
 
 def reference_sgd_gradients(model, x, y, batch_size, epochs, lr):

@@ -1,0 +1,97 @@
+"""Every private Keras or TensorFlow part tbgrad reaches, in one place.
+
+Each function names the private part it uses and why no public API serves;
+tests/library/test_compat.py calls each one on the installed release and
+fails with the part's name when a release removes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import tensorflow as tf
+
+# Every Keras 3 optimizer's ``apply()`` ends in this method, after loss-scale
+# unscaling, gradient clipping and gradient accumulation: its arguments are
+# the gradients that move the weights. No public hook exists for them
+# (``keras.optimizers.Optimizer`` offers none between those steps and the
+# update).
+OPTIMIZER_UPDATE_STEP = "_backend_update_step"
+
+
+def has_update_step(optimizer) -> bool:
+    """Whether ``optimizer`` has the update step :func:`wrap_update_step` wraps."""
+    return callable(getattr(optimizer, OPTIMIZER_UPDATE_STEP, None))
+
+
+def wrap_update_step(optimizer, before: Callable[[list, list], None]) -> None:
+    """Makes ``optimizer`` call ``before(grads, variables)`` ahead of each update.
+
+    An instance attribute shadows the class's method for this one optimizer
+    (not its class); :func:`unwrap_update_step` removes it.
+    """
+    original = getattr(optimizer, OPTIMIZER_UPDATE_STEP)
+
+    def update_step(grads, trainable_variables, learning_rate):
+        grads = list(grads)
+        trainable_variables = list(trainable_variables)
+        before(grads, trainable_variables)
+        return original(grads, trainable_variables, learning_rate)
+
+    setattr(optimizer, OPTIMIZER_UPDATE_STEP, update_step)
+
+
+def unwrap_update_step(optimizer) -> None:
+    """Undoes :func:`wrap_update_step`; the class's method shows through again."""
+    optimizer.__dict__.pop(OPTIMIZER_UPDATE_STEP, None)
+
+
+def is_update_step_wrapped(optimizer) -> bool:
+    """Whether :func:`wrap_update_step` is in force on ``optimizer``."""
+    return OPTIMIZER_UPDATE_STEP in vars(optimizer)
+
+
+def sublayers(layer) -> Iterator:
+    """The layers ``layer`` tracks directly, in the order it tracks them.
+
+    ``layer._layers`` holds a subclassed model's or a custom layer's
+    sub-layers (Keras's own ``_flatten_layers`` walks it); the public
+    ``layers`` property exists on models only.
+    """
+    yield from getattr(layer, "_layers", None) or getattr(layer, "layers", None) or []
+
+
+def all_layers_built(model) -> bool:
+    """Whether every layer of ``model``, nested ones included, is built.
+
+    ``Layer._flatten_layers`` is what Keras itself uses for this walk.
+    """
+    return all(layer.built for layer in model._flatten_layers())
+
+
+def write_raw_summary(writer: tf.summary.SummaryWriter, step: int, data: tf.Tensor) -> bool:
+    """Writes a serialized ``Summary`` with ``writer`` without a flush.
+
+    ``tf.summary.experimental.write_raw_pb`` needs ``writer.as_default()``,
+    whose exit flushes (an fsync of the event file) every call; the op it
+    runs, ``write_raw_proto_summary`` on the writer's ``_resource``, does
+    not. Returns False when the writer has no such resource (then the caller
+    writes through the public API).
+    """
+    from tensorflow.python.ops import gen_summary_ops
+
+    resource = getattr(writer, "_resource", None)
+    if resource is None:
+        return False
+    gen_summary_ops.write_raw_proto_summary(resource, tf.constant(step, tf.int64), data)
+    return True
+
+
+def op_determinism_enabled() -> bool:
+    """Whether ``tf.config.experimental.enable_op_determinism`` is in force.
+
+    TensorFlow exposes the setter but not the getter publicly.
+    """
+    from tensorflow.python.framework.config import is_op_determinism_enabled
+
+    return is_op_determinism_enabled()

@@ -1,0 +1,135 @@
+"""``tbgrad bench``: what logging gradients costs, side by side (see
+:mod:`tbgrad.lab.bench`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+
+from tbgrad.cli import common as cli
+from tbgrad.lab.bench import (
+    FLOOR,
+    STEP_VARIANTS,
+    VARIANTS,
+    WORKLOADS,
+    Row,
+    bench_train_step,
+    bench_workload,
+    environment,
+    format_step_table,
+    format_table,
+)
+
+PROG = "bench.py"
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    p = cli.ArgumentParser(
+        prog=prog,
+        description="Time model.fit with and without gradient logging, tbgrad's tape "
+        "loop and an eager tape loop, side by side; print medians and ratios to "
+        "plain model.fit.",
+    )
+    p.add_argument(
+        "--workloads",
+        nargs="+",
+        choices=tuple(WORKLOADS),
+        default=list(WORKLOADS),
+        metavar="W",
+        help=f"workloads to run (default all): {', '.join(WORKLOADS)}",
+    )
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        choices=VARIANTS,
+        default=list(VARIANTS),
+        metavar="V",
+        help=f"variants to run (default all): {', '.join(VARIANTS)}",
+    )
+    p.add_argument("--repeats", type=cli.positive_int, default=3, help="timed repeats (default 3)")
+    p.add_argument(
+        "--epochs",
+        type=_at_least_two,
+        help="epochs of each run, >= 2 (default per workload: "
+        + ", ".join(f"{w.name} {w.epochs}" for w in WORKLOADS.values())
+        + ")",
+    )
+    p.add_argument(
+        "--samples",
+        type=cli.positive_int,
+        help="training samples of every workload (default per workload)",
+    )
+    p.add_argument("--no-warmup", action="store_true", help="skip the warm-up round")
+    p.add_argument(
+        "--train-step",
+        action="store_true",
+        help="time the bare compiled train step without and with the gradient "
+        f"statistics, without and with XLA ({', '.join(STEP_VARIANTS)}); "
+        "--repeats rounds of --steps steps",
+    )
+    p.add_argument(
+        "--steps",
+        type=cli.positive_int,
+        default=100,
+        help="steps per round of --train-step (default 100)",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    return p
+
+
+def _at_least_two(text: str) -> int:
+    value = cli.positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 2")
+    return value
+
+
+def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
+    args = build_parser(prog).parse_args(argv)
+    cli.import_tensorflow_quietly()
+    if FLOOR not in args.variants:
+        args.variants = [FLOOR] + list(args.variants)
+    variants = [v for v in VARIANTS if v in args.variants]
+
+    def progress(message):
+        print(message, file=sys.stderr, flush=True)
+
+    if args.train_step:
+        step_rows = []
+        for name in dict.fromkeys(args.workloads):
+            step_rows += bench_train_step(WORKLOADS[name], args.repeats, args.steps, progress)
+        _print_report(args, step_rows, "the same step without the statistics", format_step_table)
+        return 0
+
+    rows: list[Row] = []
+    for name in dict.fromkeys(args.workloads):
+        rows += bench_workload(
+            WORKLOADS[name],
+            variants,
+            args.repeats,
+            epochs=args.epochs,
+            samples=args.samples,
+            warmup=not args.no_warmup,
+            progress=progress,
+        )
+    _print_report(args, rows, f"plain model.fit ({FLOOR})", format_table)
+    return 0
+
+
+def _print_report(args, rows, floor: str, table: Callable) -> None:
+    env = environment()
+    if args.json:
+        payload = {
+            "environment": env,
+            "repeats": args.repeats,
+            "workloads": {n: WORKLOADS[n].description for n in dict.fromkeys(args.workloads)},
+            "rows": [r if isinstance(r, dict) else asdict(r) for r in rows],
+        }
+        print(json.dumps(payload, indent=2))
+    else:
+        print(", ".join(f"{k} {v}" for k, v in env.items() if v))
+        print(f"medians of {args.repeats} repeats; ratios to {floor}")
+        print(table(rows))

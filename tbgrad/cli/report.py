@@ -1,0 +1,67 @@
+"""The command line of ``scripts/report.py``: a table of runs, PNG figures."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from tbgrad.cli import common as cli
+
+PROG = "report.py"
+
+
+def build_parser(prog: str = PROG):
+    p = cli.ArgumentParser(
+        prog=prog,
+        description="Read the runs under LOGDIR with TensorBoard's reader and print, per "
+        "run, its config, final train and validation accuracy, final mean |g| per "
+        "layer, the gradient ratio and the verdict.",
+    )
+    p.add_argument("logdir", metavar="LOGDIR", help="a folder of runs (or one run folder)")
+    p.add_argument(
+        "--png",
+        metavar="DIR",
+        help="also write figures into DIR: per run the gradient/weight/loss panels, and "
+        "for runs of several depths sweep.png (accuracy and grad ratio vs depth)",
+    )
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+    """Runs ``report.py``; returns the exit code."""
+    args = build_parser(prog).parse_args(argv)
+    logdir = Path(args.logdir)
+    if not logdir.is_dir():
+        return cli.fail(prog, f"LOGDIR {args.logdir!r} is not a folder")
+    if args.png is not None and Path(args.png).exists() and not Path(args.png).is_dir():
+        return cli.fail(prog, f"--png {args.png!r} exists and is not a folder")
+
+    from tbgrad.eventlog import find_runs
+
+    if not find_runs(logdir):
+        return cli.fail(
+            prog,
+            f"no TensorBoard runs under {args.logdir!r} (a run is a folder with a train/ "
+            "folder of event files)",
+        )
+    cli.import_tensorflow_quietly()
+    from tbgrad.lab import report
+
+    summaries = report.summarize(logdir)
+    if not summaries:
+        return cli.fail(prog, f"only unfinished (.incomplete-N) runs under {args.logdir!r}")
+    print(report.format_table(summaries))
+    if args.png is not None:
+        written = [
+            report.write_run_figure(s, Path(args.png) / report.figure_name(s)) for s in summaries
+        ]
+        sweep = report.write_sweep_figure(summaries, Path(args.png) / "sweep.png")
+        if sweep is not None:
+            written.append(sweep)
+        print(f"wrote {len(written)} figures to {os.path.normpath(args.png)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""The command line of ``scripts/train.py``: flags -> RunConfig -> a run."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from tbgrad.cli import common as cli
+from tbgrad.lab.choices import (
+    DATASETS,
+    LOOPS,
+    NAMED_ACTIVATIONS,
+    NAMED_INITIALIZERS,
+    OPTIMIZERS,
+)
+from tbgrad.lab.config import make_config
+from tbgrad.lab.presets import PRESET_DESCRIPTIONS, PRESETS
+from tbgrad.lab.runs import check_logdir
+
+PROG = "train.py"
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    presets = "; ".join(f"{k}: {v}" for k, v in PRESET_DESCRIPTIONS.items())
+    p = cli.ArgumentParser(
+        prog=prog,
+        description="Train an MLP on the two-circles data and log per-layer "
+        "gradients to TensorBoard. Unset flags take the preset's value, else "
+        "study A's defaults.",
+    )
+    p.add_argument(
+        "--preset", choices=tuple(PRESETS), help=f"a reference configuration ({presets})"
+    )
+    p.add_argument(
+        "--act",
+        help=f"hidden activation: {', '.join(NAMED_ACTIVATIONS)} or any Keras "
+        "activation (default relu)",
+    )
+    p.add_argument(
+        "--init",
+        help=f"hidden kernel initializer: {', '.join(NAMED_INITIALIZERS)} or any "
+        "Keras initializer (default he_uniform)",
+    )
+    p.add_argument(
+        "--output-init",
+        help="output kernel initializer (default: --init, but glorot_uniform after he_*)",
+    )
+    p.add_argument("--depth", type=cli.positive_int, help="hidden layers (default 5)")
+    p.add_argument("--width", type=cli.positive_int, help="units per hidden layer (default 5)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help="optimizer (default sgd)")
+    p.add_argument(
+        "--lr",
+        type=cli.positive_float,
+        help="learning rate (default 0.01 for sgd, 0.001 otherwise)",
+    )
+    p.add_argument(
+        "--momentum",
+        type=cli.unit_float,
+        help="momentum of sgd/rmsprop (default 0.9 for sgd, 0 for rmsprop)",
+    )
+    p.add_argument("--epochs", type=cli.positive_int, help="epochs (default 500)")
+    p.add_argument("--batch-size", type=cli.positive_int, help="batch size (default 32)")
+    p.add_argument("--dataset", choices=DATASETS, help="data set (default circles-a)")
+    p.add_argument(
+        "--loop",
+        choices=LOOPS,
+        help="fit: model.fit + GradientTensorBoard; tape: train_with_tape (default fit)",
+    )
+    p.add_argument("--logdir", default="logs", help="folder of runs (default logs)")
+    p.add_argument(
+        "--run-name", help="run folder name (default derived from the config; never reused)"
+    )
+    p.add_argument(
+        "--seed", type=cli.non_negative_int, help="seed of initialization and shuffling (default 1)"
+    )
+    p.add_argument(
+        "--histogram-freq",
+        type=cli.non_negative_int,
+        help="histograms every N epochs, 0 for none (default 1)",
+    )
+    p.add_argument(
+        "--update-freq",
+        type=cli.update_freq,
+        help="'epoch', or N: batch_* scalars every N steps (default epoch)",
+    )
+    p.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="deterministic TensorFlow ops: the same config logs identical values",
+    )
+    p.add_argument(
+        "--replicas",
+        type=cli.positive_int,
+        help="train on N devices with MirroredStrategy (N GPUs, else N logical "
+        "CPUs; --batch-size is the global batch) (default 1)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def config_from_args(args: argparse.Namespace):
+    return make_config(
+        args.preset,
+        act=args.act,
+        init=args.init,
+        output_init=args.output_init,
+        depth=args.depth,
+        width=args.width,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        momentum=args.momentum,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        dataset=args.dataset,
+        loop=args.loop,
+        seed=args.seed,
+        histogram_freq=args.histogram_freq,
+        update_freq=args.update_freq,
+        deterministic=args.deterministic or None,
+        replicas=args.replicas,
+    )
+
+
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+    """Runs ``train.py``; returns the exit code."""
+    args = build_parser(prog).parse_args(argv)
+    try:
+        config = config_from_args(args)
+        check_logdir(args.logdir)
+        if args.run_name is not None and not args.run_name.strip():
+            raise ValueError("run name must not be empty. Received: --run-name ''")
+        # Devices are initialized once --replicas is known: logical CPU
+        # devices can only be configured before that.
+        cli.import_tensorflow_quietly(initialize_devices=False)
+        cli.initialize_devices_quietly(config.replicas)
+    except (ValueError, TypeError) as err:
+        return cli.fail(prog, str(err))
+
+    from tbgrad.lab import experiment
+
+    run_dirs = []
+
+    def started(run_dir):
+        run_dirs.append(run_dir)
+        print(f"run folder: {run_dir}", flush=True)
+
+    try:
+        with cli.stop_on_signals():
+            result = experiment.run(
+                config,
+                logdir=args.logdir,
+                run_name=args.run_name,
+                verbose=0 if args.quiet else 1,
+                on_start=started,
+            )
+            experiment.write_result(result)
+    except ValueError as err:
+        return cli.fail(prog, str(err))
+    except KeyboardInterrupt as err:
+        # experiment.run has closed the event files on the way out.
+        if not run_dirs:
+            return cli.interrupted(prog, err, "stopped before the run folder was created")
+        return cli.interrupted(
+            prog,
+            err,
+            f"every finished epoch is in {run_dirs[0]}; "
+            f"view: tensorboard --logdir {os.path.normpath(args.logdir)}",
+        )
+    print(
+        f"final accuracy: train {result.train_accuracy:.3f}, test {result.test_accuracy:.3f} "
+        f"(loss {result.train_loss:.4f} / {result.test_loss:.4f}, {result.seconds:.1f}s)"
+    )
+    print(f"verdict: {result.extra['verdict']['label']} ({result.extra['verdict']['reason']})")
+    print(f"view: tensorboard --logdir {os.path.normpath(args.logdir)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The Gradient-flow dashboard: a TensorBoard plugin for tbgrad's runs."""

@@ -1,0 +1,54 @@
+"""What the Gradient-flow plugin reads besides the scalars: the layer order.
+
+TensorBoard's data provider lists a run's tags as an unordered mapping, so
+the order of the model's layers (input to output) is written once per run,
+at step 0 of ``train/``, as a summary owned by this plugin: a string tensor
+holding ``{"layers": [...]}`` as JSON. A run that holds it is a tbgrad run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from tensorboard.compat.proto import summary_pb2
+
+PLUGIN_NAME = "gradient_flow"
+# The tag of the layer-order summary in a run's train/ folder.
+LAYERS_TAG = "tbgrad/layers"
+# Bumped when the content's format changes.
+PROTO_VERSION = 1
+
+
+def create_summary_metadata() -> summary_pb2.SummaryMetadata:
+    """The metadata that marks the layer-order summary as this plugin's."""
+    content = json.dumps({"version": PROTO_VERSION}).encode()
+    return summary_pb2.SummaryMetadata(
+        plugin_data=summary_pb2.SummaryMetadata.PluginData(
+            plugin_name=PLUGIN_NAME, content=content
+        ),
+        data_class=summary_pb2.DATA_CLASS_TENSOR,
+    )
+
+
+def layers_content(names: Sequence[str]) -> bytes:
+    """The tensor value of the layer-order summary for ``names``."""
+    return json.dumps({"layers": list(names)}).encode()
+
+
+def parse_layers(value: bytes) -> list[str]:
+    """The layer names of a layer-order summary's tensor value."""
+    return list(json.loads(value.decode() if isinstance(value, bytes) else value)["layers"])
+
+
+def write_layers(writer, names: Sequence[str]) -> None:
+    """Writes the layer order ``names`` with the ``tf.summary`` ``writer`` at step 0."""
+    import tensorflow as tf
+
+    with writer.as_default(), tf.summary.record_if(True):
+        tf.summary.write(
+            tag=LAYERS_TAG,
+            tensor=tf.constant(layers_content(names)),
+            step=0,
+            metadata=create_summary_metadata(),
+        )

@@ -1,0 +1,215 @@
+"""Trains one :class:`RunConfig` into a new run folder (either loop)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tbgrad.gradient_tensorboard import GradientTensorBoard
+from tbgrad.hparams import write_hparams
+from tbgrad.lab.config import RunConfig
+from tbgrad.lab.data import load_dataset
+from tbgrad.lab.distribute import make_strategy
+from tbgrad.lab.models import build_mlp, make_optimizer
+from tbgrad.lab.runs import create_run_dir
+from tbgrad.tape import train_with_tape
+from tbgrad.verdict import verdict_of
+
+RESULT_FILE = "tbgrad_run.json"
+# The studies' validation sets (500 or 1,000 samples) are evaluated in one
+# step each epoch rather than in training-sized batches: the same loss and
+# accuracy up to float32 rounding, at a fraction of the cost on tiny models.
+VALIDATION_BATCH_SIZE = 1024
+
+
+@dataclass
+class RunResult:
+    """What one run produced."""
+
+    run_dir: Path
+    config: RunConfig
+    history: dict[str, list[float]]
+    train_accuracy: float
+    test_accuracy: float
+    train_loss: float
+    test_loss: float
+    seconds: float
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "run_dir": str(self.run_dir),
+            "config": self.config.to_dict(),
+            "train_accuracy": self.train_accuracy,
+            "test_accuracy": self.test_accuracy,
+            "train_loss": self.train_loss,
+            "test_loss": self.test_loss,
+            "seconds": self.seconds,
+            **self.extra,
+        }
+
+
+class EpochProgress(keras.callbacks.Callback):
+    """One progress bar over the epochs (Keras's per-step bars would print
+    hundreds of lines for a 500-epoch run)."""
+
+    def __init__(self, epochs: int):
+        super().__init__()
+        self._bar = keras.utils.Progbar(epochs, unit_name="epoch")
+        self._epochs = epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        values = [(k, float(v)) for k, v in (logs or {}).items() if "accuracy" in k or "loss" in k]
+        self._bar.update(epoch + 1, values=values, finalize=epoch + 1 == self._epochs)
+
+
+def build(config: RunConfig, strategy: tf.distribute.Strategy | None = None):
+    """Returns (dataset, model, optimizer) for ``config``, seeded, built in
+    ``strategy``'s scope (default: the current strategy)."""
+    keras.utils.set_random_seed(config.seed)
+    data = load_dataset(config.dataset)
+    with (strategy or tf.distribute.get_strategy()).scope():
+        model = build_mlp(
+            depth=config.depth,
+            width=config.width,
+            activation=config.act,
+            init=config.init,
+            output_init=config.output_init,
+            input_dim=data.input_dim,
+        )
+        optimizer = make_optimizer(config.optimizer, config.learning_rate, config.momentum_value)
+    return data, model, optimizer
+
+
+def run(
+    config: RunConfig,
+    logdir: str | os.PathLike = "logs",
+    run_name: str | None = None,
+    verbose: int = 1,
+    on_start=None,
+) -> RunResult:
+    """Trains ``config`` into a new folder under ``logdir`` and returns the result.
+
+    Args:
+        config: A validated run configuration.
+        logdir: The folder of runs; created if missing.
+        run_name: The run folder's name (default ``config.run_name()``); a
+            taken name gets a ``-2``, ``-3``, ... suffix, never reused.
+        verbose: 0 silent, 1 a progress bar over the epochs.
+        on_start: Called with the run folder once it exists.
+
+    With ``config.deterministic``, TensorFlow's op determinism is turned on
+    for the rest of the process (it cannot be turned off again). With
+    ``config.replicas`` > 1 the devices must exist: see
+    :func:`tbgrad.lab.distribute.configure_cpu_replicas`.
+    """
+    config.validate()
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    strategy = make_strategy(config.replicas)
+    data, model, optimizer = build(config, strategy)
+    run_dir = create_run_dir(logdir, run_name or config.run_name())
+    write_hparams(run_dir, config.hparams())
+    if on_start is not None:
+        on_start(run_dir)
+    start = time.perf_counter()
+    validation = (data.x_test, data.y_test)
+    if config.loop == "fit":
+        with strategy.scope():
+            model.compile(
+                optimizer,
+                "binary_crossentropy",
+                metrics=["accuracy"],
+                steps_per_execution=_steps_per_execution(config, len(data.x_train)),
+            )
+        callback = GradientTensorBoard(
+            run_dir, histogram_freq=config.histogram_freq, update_freq=config.update_freq
+        )
+        callbacks = [callback] + ([EpochProgress(config.epochs)] if verbose else [])
+        try:
+            history = model.fit(
+                data.x_train,
+                data.y_train,
+                epochs=config.epochs,
+                batch_size=config.batch_size,
+                validation_data=validation,
+                validation_batch_size=VALIDATION_BATCH_SIZE,
+                callbacks=callbacks,
+                verbose=0,
+            ).history
+        finally:
+            # On an exception fit skips on_train_end: close the files anyway
+            # so that every finished epoch stays readable.
+            callback.close()
+    else:
+        history = train_with_tape(
+            model,
+            data.x_train,
+            data.y_train,
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            optimizer=optimizer,
+            validation_data=validation,
+            validation_batch_size=VALIDATION_BATCH_SIZE,
+            log_dir=run_dir,
+            histogram_freq=config.histogram_freq,
+            update_freq=config.update_freq,
+            seed=config.seed,
+            verbose=verbose,
+        )
+    seconds = time.perf_counter() - start
+    train_loss, train_acc = evaluate(model, data.x_train, data.y_train)
+    test_loss, test_acc = evaluate(model, data.x_test, data.y_test)
+    result = RunResult(
+        run_dir=run_dir,
+        config=config,
+        history={k: [float(v) for v in vs] for k, vs in history.items()},
+        train_accuracy=train_acc,
+        test_accuracy=test_acc,
+        train_loss=train_loss,
+        test_loss=test_loss,
+        seconds=seconds,
+    )
+    result.extra["verdict"] = verdict_of(run_dir).to_dict()
+    return result
+
+
+def write_result(result: RunResult) -> Path:
+    """Writes ``tbgrad_run.json`` (config and final figures) into the run folder."""
+    path = result.run_dir / RESULT_FILE
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result.to_dict(), indent=2, sort_keys=True))
+    os.replace(tmp, path)
+    return path
+
+
+def _steps_per_execution(config: RunConfig, samples: int) -> int:
+    # With per-epoch logs only, fit runs a whole epoch per compiled call:
+    # the same steps and the same logs, without fit's Python work between
+    # steps, which is most of a step's time on the studies' tiny models. With
+    # an integer update_freq, one step per call keeps batch_* at every Nth step.
+    if config.update_freq != "epoch":
+        return 1
+    return math.ceil(samples / config.batch_size)
+
+
+def evaluate(model: keras.Model, x, y) -> tuple[float, float]:
+    """The binary cross-entropy and accuracy of ``model`` on all of ``x``.
+
+    One forward pass over every sample: what ``model.evaluate`` reports, up
+    to float32 rounding, without tracing its test function for a couple of
+    calls (half a second a run on the studies' models).
+    """
+    pred = model(np.asarray(x, "float32"), training=False)
+    y = np.asarray(y, "float32").reshape(tuple(pred.shape))
+    loss = keras.ops.mean(keras.losses.binary_crossentropy(y, pred))
+    accuracy = keras.ops.mean(keras.metrics.binary_accuracy(y, pred))
+    return float(loss), float(accuracy)

@@ -1,0 +1,174 @@
+"""A real TensorBoard server over two runs of train.py, asked through its HTTP API.
+
+The routes are those of the installed tensorboard package:
+core ``/data/runs`` and ``/data/plugins_listing``
+(``tensorboard/plugins/core/core_plugin.py``, ``backend/application.py``),
+``/data/plugin/<name>/...`` from each plugin's ``get_plugin_apps``
+(scalars and histograms ``/tags``, hparams ``/experiment`` and
+``/session_groups``, custom_scalars ``/layout``).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tbgrad import layout, tags
+from tbgrad.cli.train import main as train_main
+from tbgrad.eventlog import load_run
+from tbgrad.lab.config import HPARAMS
+
+RUNS = {
+    "tanh-uniform01-d2-w5-sgd-s1": ["--act", "tanh", "--init", "uniform01"],
+    "relu-he_uniform-d2-w5-sgd-s1": ["--act", "relu", "--init", "he_uniform"],
+}
+LAYERS = ["hidden_1", "hidden_2", "output"]
+READY_TIMEOUT = 120  # seconds; TensorBoard loads event files in the background
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(base: str, path: str, **params):
+    url = base + path
+    if params:
+        url += "?" + urllib.parse.urlencode({k: json.dumps(v) for k, v in params.items()})
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def _tensorboard_command() -> list[str]:
+    exe = Path(sys.executable).with_name("tensorboard")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "tensorboard.main"]
+
+
+@pytest.fixture(scope="module")
+def logdir(tmp_path_factory):
+    logdir = tmp_path_factory.mktemp("logs")
+    for name, flags in RUNS.items():
+        args = [*flags, "--depth", "2", "--epochs", "2", "--logdir", str(logdir), "--quiet"]
+        assert train_main(args) == 0  # scripts/train.py's main, in this process
+        assert (logdir / name).is_dir()
+    return logdir
+
+
+@pytest.fixture(scope="module")
+def server(logdir):
+    port = _free_port()
+    proc = subprocess.Popen(
+        _tensorboard_command()
+        + ["--logdir", str(logdir), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    expected = {f"{name}/{split}" for name in RUNS for split in ("train", "validation")}
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"tensorboard exited with {proc.returncode}: {proc.stderr.read()}")
+            try:
+                runs = set(_get(base, "/data/runs"))
+                if expected <= runs:
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"tensorboard on port {port} not ready in {READY_TIMEOUT}s")
+            time.sleep(0.5)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+
+
+def test_both_runs_and_the_plugins_are_served(server):
+    runs = set(_get(server, "/data/runs"))
+    # Each run folder is a run (its HParams) with train/ and validation/.
+    assert runs == {f"{n}{s}" for n in RUNS for s in ("", "/train", "/validation")}
+    listing = _get(server, "/data/plugins_listing")
+    for plugin in ("scalars", "histograms", "hparams", "custom_scalars"):
+        assert listing[plugin]["enabled"], plugin
+
+
+def test_gradient_histogram_and_scalar_tags_are_identical_in_both_runs(server, logdir):
+    histograms = _get(server, "/data/plugin/histograms/tags")
+    scalars = _get(server, "/data/plugin/scalars/tags")
+    expected = tags.layer_tags(LAYERS)
+    want_histograms = {t for t, p in expected.items() if p == "histograms"}
+    want_scalars = {t for t, p in expected.items() if p == "scalars"} | {
+        tags.epoch_tag(m) for m in ("loss", "accuracy", "learning_rate")
+    }
+    for name in RUNS:
+        assert set(histograms[f"{name}/train"]) == want_histograms
+        assert set(scalars[f"{name}/train"]) == want_scalars
+        assert set(scalars[f"{name}/validation"]) == {"epoch_loss", "epoch_accuracy"}
+    # Values served equal the values in the event files.
+    name = next(iter(RUNS))
+    query = urllib.parse.urlencode({"run": f"{name}/train", "tag": tags.GRAD_RATIO})
+    with urllib.request.urlopen(f"{server}/data/plugin/scalars/scalars?{query}") as r:
+        points = json.loads(r.read())  # [[wall_time, step, value], ...]
+    run = load_run(logdir / name)
+    assert [p[1] for p in points] == [0, 1]
+    assert [p[2] for p in points] == pytest.approx(list(run.train.scalar(tags.GRAD_RATIO)))
+
+
+def test_hparams_rows_hold_config_and_last_metric_values(server, logdir):
+    experiment = _get(server, "/data/plugin/hparams/experiment", request={"experimentName": ""})
+    assert sorted(h["name"] for h in experiment["hparamInfos"]) == sorted(HPARAMS)
+    request = {
+        "experimentName": "",
+        "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"],
+        "colParams": [
+            {"hparam": "act"},
+            {"metric": {"tag": "epoch_accuracy", "group": "validation"}},
+        ],
+        "startIndex": 0,
+        "sliceSize": 100,
+        "includeMetrics": True,
+    }
+    groups = _get(server, "/data/plugin/hparams/session_groups", request=request)
+    rows = {g["name"]: g for g in groups["sessionGroups"]}
+    assert set(rows) == set(RUNS)
+    for name, flags in RUNS.items():
+        row = rows[name]
+        assert row["hparams"]["act"] == flags[1]
+        assert row["hparams"]["init"] == flags[3]
+        assert row["hparams"]["depth"] == 2
+        metrics = {(m["name"]["group"], m["name"]["tag"]): m["value"] for m in row["metricValues"]}
+        run = load_run(logdir / name)
+        assert metrics[("validation", "epoch_accuracy")] == pytest.approx(
+            run.validation.scalar("epoch_accuracy")[-1]
+        )
+        assert metrics[("train", tags.GRAD_RATIO)] == pytest.approx(
+            run.train.scalar(tags.GRAD_RATIO)[-1]
+        )
+
+
+def test_custom_scalars_layout_is_served_once_for_both_runs(server):
+    served = _get(server, "/data/plugin/custom_scalars/layout")
+    want = layout.gradient_flow_layout()
+    assert [c["title"] for c in served["category"]] == [want.category[0].title]
+    charts = served["category"][0]["chart"]
+    assert [(c["title"], c["multiline"]["tag"]) for c in charts] == [
+        (c.title, list(c.multiline.tag)) for c in want.category[0].chart
+    ]
