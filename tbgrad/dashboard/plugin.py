@@ -1,0 +1,508 @@
+"""The Gradient-flow dashboard: layers x epochs heatmaps of tbgrad's runs.
+
+A dynamic TensorBoard plugin (the shape of TensorBoard's ``example_basic``):
+the frontend is one ES module, ``static/index.js``, that TensorBoard loads
+in an iframe from ``/data/plugin_entry.html?name=gradient_flow``; it asks
+the routes below, relative to ``/data/plugin/gradient_flow/``. Everything is
+read through ``context.data_provider``, so the plugin works with both
+``--load_fast=false`` (the Python multiplexer) and ``--load_fast=true``
+(the Rust data server).
+
+Routes (all GET, all JSON except ``/index.js``):
+
+``/runs``
+    ``[{"run", "name", "layers", "layer_order", "epochs", "statistics",
+    "verdict": {"label", "reason", "weakest_ratio", "strongest_ratio"},
+    "weakest_layer", "weakest_layer_ratio"}, ...]`` sorted by name; ``[]``
+    when the log folder holds no tbgrad run. ``run`` is TensorBoard's run
+    (``<run>/train``), ``name`` the run folder, ``layers`` the model order
+    (input first, output last), ``layer_order`` ``"summary"`` when it comes
+    from the ``tbgrad/layers`` summary, ``"natural"`` when it is guessed
+    from the tag names (natural sort, ``output`` last).
+``/heatmap?run=R&stat=S[&relative=1]``
+    ``{"run", "name", "stat", "relative", "scale", "layers", "epochs",
+    "values"}``: ``values[i][j]`` is the raw value (not its log) of
+    ``S/<layers[i]>`` at step ``epochs[j]``, divided by the output layer's
+    value of the same epoch when ``relative``; ``null`` where the value is
+    NaN, Inf or was not logged. ``scale`` is ``"log"`` or ``"linear"``, the
+    colour scale the frontend uses.
+``/heatmaps?run=R1&run=R2&stat=S[&relative=1]``
+    ``{"stat", "relative", "scale", "runs": [heatmap, ...]}``: several runs
+    in one request, with one ``scale`` for all (the shared colour scale).
+
+Bad requests answer ``{"error": message}`` with status 400 (missing or
+malformed parameter, unknown statistic) or 404 (unknown run).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tensorboard import errors, plugin_util
+from tensorboard.backend import http_util
+from tensorboard.data import provider
+from tensorboard.plugins import base_plugin
+from werkzeug import wrappers
+
+from tbgrad import tags, verdict
+from tbgrad.dashboard import metadata
+
+# The plugin that owns every scalar tbgrad and Keras write (tf.summary.scalar).
+SCALARS_PLUGIN = "scalars"
+# Ask for every point: the data providers keep at most --samples_per_plugin
+# points per series anyway (1000 scalars by default, more than the 500
+# epochs of the studies), and downsampling here would drop epochs.
+DOWNSAMPLE = 1_000_000
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+# Statistics in the order the selector lists them; families present in a
+# run but not named here follow, sorted.
+PREFERRED_STATISTICS = (
+    tags.GRAD_MEAN_ABS,
+    tags.GRAD_STD,
+    tags.WEIGHT_STD,
+    tags.WEIGHT_L1,
+    tags.WEIGHT_MEAN,
+    tags.GRAD_NONFINITE,
+)
+# Positive magnitudes spanning decades: coloured by log10.
+LOG_STATISTICS = (tags.GRAD_MEAN_ABS, tags.GRAD_STD, tags.WEIGHT_STD, tags.WEIGHT_L1)
+# Signed values (weight_mean) and counts that are mostly 0 (grad_nonfinite)
+# have no log; a ratio to the output layer means nothing for them either.
+LINEAR_STATISTICS = (tags.WEIGHT_MEAN, tags.GRAD_NONFINITE)
+OUTPUT_LAYER = "output"
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("", "0", "false", "no", "off")
+
+
+class RequestError(Exception):
+    """A bad request, answered as ``{"error": message}`` with ``code``."""
+
+    def __init__(self, code: int, message: str):
+        """Keeps ``code`` (400 or 404) and ``message`` for the JSON answer."""
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class RunInfo:
+    """What the plugin knows about one tbgrad run before reading its values.
+
+    Attributes:
+        run: TensorBoard's name of the run's train folder (``<run>/train``).
+        name: The run folder, relative to the log folder.
+        layers: Layer names in model order, input first, output last.
+        layer_order: ``"summary"`` or ``"natural"`` (see the module docs).
+        statistics: Per-layer scalar families present, in selector order.
+        tags: Every scalar tag of the train folder.
+    """
+
+    run: str
+    name: str
+    layers: list[str]
+    layer_order: str
+    statistics: list[str] = field(default_factory=list)
+    tags: frozenset[str] = frozenset()
+
+    @property
+    def validation_run(self) -> str | None:
+        """TensorBoard's name of the sibling validation folder, if there can be one."""
+        if not is_train_run(self.run):
+            return None
+        return self.run[: -len(tags.TRAIN_DIR)] + tags.VALIDATION_DIR
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key that puts ``hidden_2`` before ``hidden_10`` and ``output`` last."""
+    parts = tuple(
+        (0, int(p), "") if p.isdigit() else (1, 0, p.lower()) for p in re.split(r"(\d+)", name)
+    )
+    return (name == OUTPUT_LAYER, parts)
+
+
+def run_folder(run: str) -> str:
+    """The run folder of TensorBoard's train run ``<folder>/train``."""
+    if run == tags.TRAIN_DIR:
+        return "."  # the log folder is the run folder itself
+    return run[: -len(tags.TRAIN_DIR) - 1] if is_train_run(run) else run
+
+
+def is_train_run(run: str) -> bool:
+    """Whether TensorBoard's run ``run`` is a run's ``train`` folder."""
+    return run == tags.TRAIN_DIR or run.endswith("/" + tags.TRAIN_DIR)
+
+
+def per_layer_families(tag_names: Iterable[str], layers: Sequence[str]) -> list[str]:
+    """The scalar families with a ``family/<layer>`` tag for some of ``layers``.
+
+    Per-step families (``batch_*``) are left out: their steps are global
+    steps, not epochs, so they do not fit the epoch axis.
+    """
+    wanted = set(layers)
+    found = set()
+    for tag in tag_names:
+        family, _, layer = tag.partition("/")
+        if layer in wanted and not family.startswith(tags.BATCH_PREFIX):
+            found.add(family)
+    known = [f for f in PREFERRED_STATISTICS if f in found]
+    return known + sorted(found - set(known))
+
+
+def finite_or_none(value) -> float | None:
+    """``value`` as a float, or None when it is NaN, Inf or missing (JSON has neither)."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def series_by_step(data: Sequence) -> dict[int, float]:
+    """``{step: value}`` of a list of ``ScalarDatum``; the last write of a step wins.
+
+    A resumed run can write a step twice; its newest value is the one the
+    model went on from.
+    """
+    return {int(d.step): float(d.value) for d in data}
+
+
+def value_matrix(info: RunInfo, stat: str, data: Mapping[str, Sequence]) -> tuple[list, np.ndarray]:
+    """The epochs and the layers x epochs values of ``stat`` for one run.
+
+    Args:
+        info: The run.
+        stat: A per-layer family, e.g. ``grad_mean_abs``.
+        data: ``{tag: [ScalarDatum, ...]}`` of the run's train folder.
+
+    Returns:
+        ``(epochs, values)``: the sorted steps logged for any layer, and a
+        float array with NaN where a layer has no value at that step.
+    """
+    rows = [series_by_step(data.get(tags.layer_tag(stat, layer), ())) for layer in info.layers]
+    epochs = sorted(set().union(*rows)) if rows else []
+    values = np.full((len(rows), len(epochs)), np.nan)
+    column = {epoch: j for j, epoch in enumerate(epochs)}
+    for i, row in enumerate(rows):
+        for epoch, value in row.items():
+            values[i, column[epoch]] = value
+    return epochs, values
+
+
+def heatmap(info: RunInfo, stat: str, relative: bool, data: Mapping[str, Sequence]) -> dict:
+    """The ``/heatmap`` payload of one run, without the request-wide fields."""
+    epochs, values = value_matrix(info, stat, data)
+    if relative and len(values):
+        # The output layer is last in model order; x / 0 and 0 / 0 become null.
+        with np.errstate(divide="ignore", invalid="ignore"):
+            values = values / values[-1:, :]
+    return {
+        "run": info.run,
+        "name": info.name,
+        "layers": list(info.layers),
+        "epochs": epochs,
+        "values": [[finite_or_none(v) for v in row] for row in values],
+    }
+
+
+def colour_scale(stat: str, maps: Iterable[dict]) -> str:
+    """``"log"`` or ``"linear"``: how the frontend colours ``stat``.
+
+    Known families have a fixed scale; a family tbgrad does not know is
+    coloured by log10 when every finite value of ``maps`` is above 0.
+    """
+    if stat in LOG_STATISTICS:
+        return "log"
+    if stat in LINEAR_STATISTICS:
+        return "linear"
+    values = [v for m in maps for row in m["values"] for v in row if v is not None]
+    return "log" if values and min(values) > 0 else "linear"
+
+
+def weakest_layer(series: Mapping[str, Sequence[float]]) -> tuple[str | None, float | None]:
+    """The hidden layer with the smallest median ratio of mean |g| to the output layer's.
+
+    Args:
+        series: ``{layer: grad_mean_abs per epoch}`` in model order, output
+            last, every list over the same epochs.
+
+    Returns:
+        ``(layer, median ratio)``, or ``(None, None)`` with fewer than two
+        layers or no epoch.
+    """
+    names = list(series)
+    if len(names) < 2 or not len(series[names[0]]):
+        return None, None
+    g = np.array([series[n] for n in names], dtype=np.float64).T  # epochs x layers
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # 0 / 0 (no gradient anywhere) counts as vanished, as in verdict.judge.
+        quotients = np.nan_to_num(g[:, :-1] / g[:, -1:], nan=0.0)
+    medians = np.median(quotients, axis=0)
+    i = int(np.argmin(medians))
+    return names[i], finite_or_none(medians[i])
+
+
+def run_summary(info: RunInfo, train: Mapping[str, Sequence], validation: Mapping) -> dict:
+    """The ``/runs`` entry of one run: its layers, statistics and verdict.
+
+    Args:
+        info: The run.
+        train: ``{tag: [ScalarDatum, ...]}`` of its train folder, with at
+            least the ``grad_mean_abs``, ``grad_nonfinite`` and loss tags.
+        validation: The same for its validation folder (may be empty).
+    """
+    gma = {
+        layer: series_by_step(train.get(tags.layer_tag(tags.GRAD_MEAN_ABS, layer), ()))
+        for layer in info.layers
+    }
+    gma = {layer: s for layer, s in gma.items() if s}
+    # Epochs every layer has: a run read while it is written can hold the
+    # newest epoch for some layers only, and judge() wants equal lengths.
+    common = sorted(set.intersection(*(set(s) for s in gma.values()))) if gma else []
+    series = {layer: [s[e] for e in common] for layer, s in gma.items()}
+    loss = tags.epoch_tag("loss")
+    losses = [d.value for split in (train, validation) for d in split.get(loss, ())]
+    nonfinite = float(
+        np.nansum(
+            [
+                d.value
+                for layer in info.layers
+                for d in train.get(tags.layer_tag(tags.GRAD_NONFINITE, layer), ())
+            ]
+        )
+    )
+    try:
+        found = verdict.judge(series, losses, nonfinite)
+    except ValueError as e:
+        found = verdict.Verdict(verdict.UNKNOWN, None, None, str(e))
+    layer, ratio = weakest_layer(series)
+    return {
+        "run": info.run,
+        "name": info.name,
+        "layers": list(info.layers),
+        "layer_order": info.layer_order,
+        "epochs": len(common),
+        "statistics": list(info.statistics),
+        "verdict": {
+            "label": found.label,
+            "reason": found.reason,
+            "weakest_ratio": finite_or_none(found.weakest_ratio),
+            "strongest_ratio": finite_or_none(found.strongest_ratio),
+        },
+        "weakest_layer": layer,
+        "weakest_layer_ratio": ratio,
+    }
+
+
+def parse_relative(value: str | None) -> bool:
+    """The ``relative`` query parameter as a bool; RequestError when malformed."""
+    word = (value or "").strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise RequestError(400, f"relative must be 1 or 0 (true or false). Received: {value!r}")
+
+
+def json_response(request, payload, code: int = 200):
+    """``payload`` as JSON; NaN and Inf must have become None before (JSON has neither)."""
+    body = json.dumps(payload, allow_nan=False)
+    return http_util.Respond(request, body, "application/json", code=code)
+
+
+class GradientFlowPlugin(base_plugin.TBPlugin):
+    """TensorBoard's "Gradient flow" tab: per-layer statistics as heatmaps.
+
+    Args:
+        context: TensorBoard's ``TBContext``; only its ``data_provider`` is read.
+    """
+
+    plugin_name = metadata.PLUGIN_NAME
+
+    def __init__(self, context: base_plugin.TBContext):
+        """Keeps the data provider; the plugin reads nothing else."""
+        self._provider = context.data_provider
+
+    def is_active(self) -> bool:
+        """Always False: TensorBoard activates the tab from data_plugin_names()."""
+        # Activity comes from data_plugin_names(): TensorBoard enables the tab
+        # when the data provider lists one of those plugins in the log folder.
+        return False
+
+    def data_plugin_names(self) -> tuple[str, ...]:
+        """The plugins whose data, present in the log folder, enables the tab."""
+        # Our own layer-order summary marks a tbgrad run; "scalars" also shows
+        # the tab for runs logged before that summary existed (the page then
+        # lists them, or says that the folder holds no tbgrad run).
+        return (metadata.PLUGIN_NAME, SCALARS_PLUGIN)
+
+    def frontend_metadata(self) -> base_plugin.FrontendMetadata:
+        """An iframed ES module, ``/index.js``, under the tab "Gradient flow"."""
+        return base_plugin.FrontendMetadata(es_module_path="/index.js", tab_name="Gradient flow")
+
+    def get_plugin_apps(self) -> dict:
+        """The routes, under ``/data/plugin/gradient_flow``."""
+        return {
+            "/index.js": self._serve_index_js,
+            "/runs": self._json_route(self._runs),
+            "/heatmap": self._json_route(self._heatmap),
+            "/heatmaps": self._json_route(self._heatmaps),
+        }
+
+    @wrappers.Request.application
+    def _serve_index_js(self, request):
+        """The frontend, read on each request so that an edit shows on reload."""
+        contents = (STATIC_DIR / "index.js").read_text(encoding="utf-8")
+        return http_util.Respond(request, contents, "text/javascript")
+
+    def _json_route(self, handler):
+        """A WSGI app that answers ``handler(ctx, experiment_id, args)`` as JSON."""
+
+        @wrappers.Request.application
+        def app(request):
+            """The WSGI app of one JSON route."""
+            ctx = plugin_util.context(request.environ)
+            eid = plugin_util.experiment_id(request.environ)
+            try:
+                return json_response(request, handler(ctx, eid, request.args))
+            except RequestError as e:
+                return json_response(request, {"error": e.message}, e.code)
+            except errors.PublicError as e:  # e.g. an unknown experiment
+                return json_response(request, {"error": str(e)}, e.http_code)
+
+        return app
+
+    # -- reading ------------------------------------------------------------
+
+    def _layer_orders(self, ctx, eid: str) -> dict[str, list[str]]:
+        """``{run: layers}`` of every run with a readable ``tbgrad/layers`` summary."""
+        only_layers = provider.RunTagFilter(tags=[metadata.LAYERS_TAG])
+        listing = self._provider.list_tensors(
+            ctx, experiment_id=eid, plugin_name=metadata.PLUGIN_NAME, run_tag_filter=only_layers
+        )
+        runs = [run for run, by_tag in listing.items() if metadata.LAYERS_TAG in by_tag]
+        if not runs:
+            return {}
+        data = self._provider.read_tensors(
+            ctx,
+            experiment_id=eid,
+            plugin_name=metadata.PLUGIN_NAME,
+            downsample=DOWNSAMPLE,
+            run_tag_filter=provider.RunTagFilter(runs=runs, tags=[metadata.LAYERS_TAG]),
+        )
+        orders = {}
+        for run, by_tag in data.items():
+            written = by_tag.get(metadata.LAYERS_TAG)
+            if not written:
+                continue
+            try:
+                # The newest write wins: a resumed run writes it again.
+                layers = metadata.parse_layers(written[-1].numpy.item())
+            except (ValueError, KeyError, TypeError, AttributeError):
+                continue  # malformed: fall back to the tag names' order
+            if layers and all(isinstance(name, str) for name in layers):
+                orders[run] = layers
+        return orders
+
+    def _discover(self, ctx, eid: str) -> dict[str, RunInfo]:
+        """``{run: RunInfo}`` of every tbgrad run, from the listings only."""
+        if self._provider is None:
+            return {}
+        scalars = self._provider.list_scalars(ctx, experiment_id=eid, plugin_name=SCALARS_PLUGIN)
+        orders = self._layer_orders(ctx, eid)
+        prefix = tags.GRAD_MEAN_ABS + "/"
+        infos = {}
+        for run in sorted(set(scalars) | set(orders)):
+            run_tags = frozenset(scalars.get(run, {}))
+            if run in orders:
+                layers, order = orders[run], "summary"
+            else:
+                names = {t[len(prefix) :] for t in run_tags if t.startswith(prefix)}
+                layers, order = sorted(names, key=natural_key), "natural"
+            if not layers:
+                continue  # not a tbgrad run (e.g. a validation folder)
+            name = run_folder(run)
+            statistics = per_layer_families(run_tags, layers)
+            infos[run] = RunInfo(run, name, layers, order, statistics, run_tags)
+        return infos
+
+    def _read(self, ctx, eid: str, runs: Iterable[str], tag_names: Iterable[str]) -> dict:
+        """``{run: {tag: [ScalarDatum, ...]}}`` of the given runs and tags."""
+        runs, tag_names = sorted(set(runs)), sorted(set(tag_names))
+        if not runs or not tag_names:
+            return {}
+        return self._provider.read_scalars(
+            ctx,
+            experiment_id=eid,
+            plugin_name=SCALARS_PLUGIN,
+            downsample=DOWNSAMPLE,
+            run_tag_filter=provider.RunTagFilter(runs=runs, tags=tag_names),
+        )
+
+    # -- routes -------------------------------------------------------------
+
+    def _runs(self, ctx, eid: str, args) -> list[dict]:
+        """``/runs``: every tbgrad run with its layers, statistics and verdict."""
+        del args  # /runs takes no parameter
+        infos = self._discover(ctx, eid)
+        wanted = {tags.epoch_tag("loss")}
+        for info in infos.values():
+            for family in (tags.GRAD_MEAN_ABS, tags.GRAD_NONFINITE):
+                wanted.update(tags.layer_tag(family, layer) for layer in info.layers)
+        runs = [info.run for info in infos.values()]
+        runs += [info.validation_run for info in infos.values() if info.validation_run]
+        data = self._read(ctx, eid, runs, wanted)
+        out = [
+            run_summary(info, data.get(info.run, {}), data.get(info.validation_run, {}))
+            for info in infos.values()
+        ]
+        return sorted(out, key=lambda entry: natural_key(entry["name"]))
+
+    def _resolve(self, infos: Mapping[str, RunInfo], asked: Sequence[str]) -> list[RunInfo]:
+        """The runs named by ``run=`` (TensorBoard's name or the folder); RequestError if not."""
+        by_name = {**{i.name: i for i in infos.values()}, **infos}
+        found = []
+        for run in dict.fromkeys(asked):  # in order, once each
+            if run not in by_name:
+                known = ", ".join(sorted(i.name for i in infos.values())[:20]) or "none"
+                raise RequestError(404, f"unknown run {run!r}; tbgrad runs here: {known}")
+            found.append(by_name[run])
+        return found
+
+    def _heatmaps(self, ctx, eid: str, args) -> dict:
+        """``/heatmaps``: the values of ``stat`` for each ``run=``, on one colour scale."""
+        asked = [r for r in args.getlist("run") if r]
+        if not asked:
+            raise RequestError(400, "missing parameter run (a run name from /runs)")
+        stat = args.get("stat")
+        if not stat:
+            raise RequestError(400, "missing parameter stat (e.g. stat=grad_mean_abs)")
+        relative = parse_relative(args.get("relative"))
+        infos = self._resolve(self._discover(ctx, eid), asked)
+        for info in infos:
+            if stat not in info.statistics:
+                available = ", ".join(info.statistics) or "none"
+                raise RequestError(
+                    400, f"unknown statistic {stat!r} for run {info.name!r}; available: {available}"
+                )
+        if relative and stat in LINEAR_STATISTICS:
+            raise RequestError(
+                400, f"relative=1 needs a positive statistic; {stat} is coloured linearly"
+            )
+        wanted = [tags.layer_tag(stat, layer) for info in infos for layer in info.layers]
+        data = self._read(ctx, eid, [info.run for info in infos], wanted)
+        maps = [heatmap(info, stat, relative, data.get(info.run, {})) for info in infos]
+        return {"stat": stat, "relative": relative, "scale": colour_scale(stat, maps), "runs": maps}
+
+    def _heatmap(self, ctx, eid: str, args) -> dict:
+        """``/heatmap``: the values of ``stat`` for one run."""
+        asked = [r for r in args.getlist("run") if r]
+        if len(asked) > 1:
+            raise RequestError(400, "/heatmap takes one run; ask /heatmaps for several")
+        both = self._heatmaps(ctx, eid, args)
+        return {key: both[key] for key in ("stat", "relative", "scale")} | both["runs"][0]

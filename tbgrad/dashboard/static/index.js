@@ -1,0 +1,417 @@
+// The Gradient-flow dashboard: one heatmap per tbgrad run, layers x epochs.
+//
+// TensorBoard loads this ES module in an iframe whose base URL is
+// /data/plugin/gradient_flow/, so the plugin's routes are relative URLs:
+//   ./runs                       the runs, their layers, statistics, verdicts
+//   ./heatmaps?run=..&stat=..    raw values (layers x epochs) of several runs
+// Nothing else is fetched: no CDN, no build step. Colours are viridis,
+// interpolated between 17 stops of matplotlib's table, on ONE scale shared by
+// every run shown, so a dark band in one run means the same as in another.
+
+const SVG_NS = 'http://www.w3.org/2000/svg';
+const VIRIDIS = [
+  '#440154', '#48186a', '#472d7b', '#424086', '#3b528b', '#33638d',
+  '#2c728e', '#26828e', '#21918c', '#1fa088', '#28ae80', '#3fbc73',
+  '#5ec962', '#84d44b', '#addc30', '#d8e219', '#fde725',
+].map((hex) => [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16)));
+// Quantized colours: neighbouring cells of one colour become one rectangle.
+const LEVELS = 128;
+const MISSING_COLOUR = '#e4e4e4'; // NaN, Inf or not logged
+const NONPOSITIVE_COLOUR = '#1b1b1b'; // 0 or below: no log10
+// Mirrors LINEAR_STATISTICS of plugin.py: no log and no ratio for these.
+const LINEAR_STATS = new Set(['weight_mean', 'grad_nonfinite']);
+const MAX_DEFAULT_RUNS = 4;
+const LABEL_FONT = 12;
+const SUPERSCRIPT = {'-': '⁻', '0': '⁰', '1': '¹', '2': '²', '3': '³', '4': '⁴',
+  '5': '⁵', '6': '⁶', '7': '⁷', '8': '⁸', '9': '⁹'};
+
+const STYLE = `
+  body { margin: 0; padding: 14px 20px 24px; background: #fff; color: #212121;
+    font: 13px/1.4 Roboto, 'Helvetica Neue', Arial, sans-serif; }
+  h1 { font-size: 17px; font-weight: 500; margin: 0 0 2px; }
+  .lede { color: #555; margin: 0 0 10px; max-width: 980px; }
+  .controls { display: flex; flex-wrap: wrap; gap: 8px 22px; align-items: center;
+    padding: 8px 0 10px; border-bottom: 1px solid #e6e6e6; }
+  .controls label { white-space: nowrap; cursor: pointer; }
+  .controls select { font: inherit; padding: 1px 4px; }
+  .runs { display: flex; flex-wrap: wrap; gap: 4px 14px; }
+  .legend { display: flex; align-items: center; gap: 18px; margin: 10px 0 4px; }
+  .legend svg { overflow: visible; }
+  .panels { display: flex; flex-wrap: wrap; gap: 18px 28px; margin-top: 6px; }
+  .panel { flex: 0 0 auto; }
+  .panel h2 { font-size: 14px; font-weight: 500; margin: 6px 0 3px; word-break: break-all; }
+  .verdict { margin: 0 0 2px; }
+  .reason { color: #666; font-size: 12px; margin: 0 0 6px; }
+  .badge { display: inline-block; padding: 0 7px; border-radius: 9px; font-weight: 500;
+    margin-right: 6px; }
+  .badge.vanishing { background: #f4dcd6; color: #8c2f1f; }
+  .badge.healthy { background: #dcecdc; color: #2d6236; }
+  .badge.exploding { background: #f6e6cc; color: #7d5210; }
+  .badge.non-finite { background: #e9ddf2; color: #5a3778; }
+  .badge.unknown { background: #eceff1; color: #546e7a; }
+  .note { color: #555; margin: 16px 0; max-width: 900px; }
+  .error { color: #a03224; }
+  .tooltip { position: fixed; pointer-events: none; background: #fff; color: #212121;
+    border: 1px solid #cfcfcf; border-radius: 3px; padding: 4px 7px; font-size: 12px;
+    box-shadow: 0 1px 4px rgba(0,0,0,.15); display: none; white-space: nowrap; z-index: 2; }
+  svg text { fill: #333; font-size: ${LABEL_FONT}px; }
+  svg .axis { stroke: #999; stroke-width: 1; }
+  svg text.weakest { font-weight: 700; fill: #8c2f1f; }
+  button { font: inherit; padding: 1px 10px; cursor: pointer; }
+`;
+
+// Everything the page shows; render() fills it, the controls change it.
+const state = {runs: [], stat: null, relative: false, selected: new Set(), maps: null};
+let root = null;
+let tooltip = null;
+
+export async function render() {
+  document.head.appendChild(el('style', {}, STYLE));
+  root = el('div');
+  tooltip = el('div', {class: 'tooltip'});
+  document.body.append(root, tooltip);
+  let resizeTimer = null;
+  window.addEventListener('resize', () => {
+    clearTimeout(resizeTimer);
+    resizeTimer = setTimeout(drawPanels, 150);
+  });
+  await loadRuns();
+}
+
+async function loadRuns() {
+  root.replaceChildren(el('p', {class: 'note'}, 'Loading runs…'));
+  let runs;
+  try {
+    runs = await getJson('./runs');
+  } catch (err) {
+    root.replaceChildren(el('p', {class: 'note error'}, `Could not read the runs: ${err.message}`));
+    return;
+  }
+  state.runs = runs;
+  if (!runs.length) {
+    root.replaceChildren(
+      header(),
+      el('p', {class: 'note', id: 'empty'},
+        'No tbgrad runs in this log folder: no run holds grad_mean_abs/<layer> scalars or a ' +
+        'tbgrad/layers summary. Log a run with tbgrad.GradientTensorBoard(log_dir) in ' +
+        'model.fit (or scripts/train.py), point tensorboard --logdir at its parent folder, ' +
+        'and reload.'));
+    return;
+  }
+  const stats = allStatistics(runs);
+  if (!stats.includes(state.stat)) state.stat = stats[0];
+  const names = new Set(runs.map((r) => r.run));
+  state.selected = new Set([...state.selected].filter((r) => names.has(r)));
+  if (!state.selected.size) runs.slice(0, MAX_DEFAULT_RUNS).forEach((r) => state.selected.add(r.run));
+  root.replaceChildren(header(), controls(stats), el('div', {class: 'legend', id: 'legend'}),
+    el('div', {class: 'panels', id: 'panels'}));
+  await loadMaps();
+}
+
+function header() {
+  return el('div', {}, [
+    el('h1', {}, 'Gradient flow'),
+    el('p', {class: 'lede'},
+      'One map per run: a row per layer, input layer at the top, output layer at the bottom; ' +
+      'a column per epoch. Colour is log10 of the statistic, on one scale for every run shown, ' +
+      'so a dark band is a layer whose gradient fades (vanishing), whatever the run.'),
+  ]);
+}
+
+function allStatistics(runs) {
+  const seen = [];
+  for (const run of runs) for (const s of run.statistics) if (!seen.includes(s)) seen.push(s);
+  return seen;
+}
+
+function controls(stats) {
+  const select = el('select', {id: 'stat'},
+    stats.map((s) => el('option', {value: s, ...(s === state.stat ? {selected: ''} : {})}, s)));
+  select.addEventListener('change', () => { state.stat = select.value; loadMaps(); });
+  const relative = el('input', {type: 'checkbox', id: 'relative'});
+  relative.checked = state.relative;
+  relative.addEventListener('change', () => { state.relative = relative.checked; loadMaps(); });
+  const runBoxes = state.runs.map((run) => {
+    const box = el('input', {type: 'checkbox', value: run.run});
+    box.checked = state.selected.has(run.run);
+    box.addEventListener('change', () => {
+      if (box.checked) state.selected.add(run.run); else state.selected.delete(run.run);
+      loadMaps();
+    });
+    return el('label', {title: run.run}, [box, ' ' + run.name]);
+  });
+  const reload = el('button', {type: 'button'}, 'Reload');
+  reload.addEventListener('click', loadRuns);
+  return el('div', {class: 'controls'}, [
+    el('label', {}, ['Statistic ', select]),
+    el('label', {id: 'relative-label'}, [relative, ' relative to output layer']),
+    el('div', {class: 'runs'}, runBoxes),
+    reload,
+  ]);
+}
+
+async function loadMaps() {
+  const linear = LINEAR_STATS.has(state.stat);
+  const box = document.getElementById('relative');
+  box.disabled = linear;
+  document.getElementById('relative-label').title = linear
+    ? `${state.stat} is signed or a count: no ratio to the output layer` : '';
+  const shown = state.runs.filter((r) => state.selected.has(r.run));
+  const withStat = shown.filter((r) => r.statistics.includes(state.stat));
+  state.maps = null;
+  if (withStat.length) {
+    const params = new URLSearchParams({stat: state.stat, relative: state.relative && !linear ? '1' : '0'});
+    withStat.forEach((r) => params.append('run', r.run));
+    try {
+      state.maps = await getJson('./heatmaps?' + params);
+    } catch (err) {
+      document.getElementById('panels').replaceChildren(
+        el('p', {class: 'note error'}, `Could not read ${state.stat}: ${err.message}`));
+      return;
+    }
+  }
+  drawPanels();
+}
+
+// -- drawing ----------------------------------------------------------------
+
+function drawPanels() {
+  const panels = document.getElementById('panels');
+  if (!panels) return;
+  const shown = state.runs.filter((r) => state.selected.has(r.run));
+  if (!shown.length) {
+    document.getElementById('legend').replaceChildren();
+    panels.replaceChildren(el('p', {class: 'note'}, 'No run selected.'));
+    return;
+  }
+  const maps = new Map((state.maps ? state.maps.runs : []).map((m) => [m.run, m]));
+  const scale = makeScale(state.maps, [...maps.values()]);
+  document.getElementById('legend').replaceChildren(...legend(scale));
+  const width = panelWidth(shown.length);
+  panels.replaceChildren(...shown.map((run) => panel(run, maps.get(run.run), scale, width)));
+}
+
+function panelWidth(count) {
+  const available = Math.max(360, document.body.clientWidth - 40);
+  const perRow = Math.max(1, Math.min(count, Math.floor(available / 440)));
+  return Math.min(900, Math.floor((available - 28 * (perRow - 1)) / perRow));
+}
+
+function panel(run, map, scale, width) {
+  const verdict = run.verdict;
+  const weakest = run.weakest_layer
+    ? [' weakest layer ', el('b', {}, run.weakest_layer),
+      run.weakest_layer_ratio != null ? ` (median ${fmt(run.weakest_layer_ratio)} × output layer's mean |g|)` : '']
+    : [];
+  const body = map ? heatmap(run, map, scale, width)
+    : el('p', {class: 'note'}, `${state.stat} is not logged in this run.`);
+  return el('section', {class: 'panel', 'data-run': run.run, style: `width:${width}px`}, [
+    el('h2', {}, run.name),
+    el('div', {class: 'verdict'}, [el('span', {class: `badge ${verdict.label}`}, verdict.label), ...weakest]),
+    el('div', {class: 'reason'}, verdict.reason + (run.layer_order === 'natural'
+      ? ' · layer order guessed from the names (no tbgrad/layers summary)' : '')),
+    body,
+  ]);
+}
+
+function heatmap(run, map, scale, width) {
+  const layers = map.layers;
+  const labelWidth = Math.ceil(Math.max(...layers.map((l) => l.length)) * LABEL_FONT * 0.62) + 14;
+  const rowHeight = Math.max(14, Math.min(44, Math.floor(300 / Math.max(1, layers.length))));
+  const plot = {x: labelWidth, y: 2, w: Math.max(60, width - labelWidth - 8), h: rowHeight * layers.length};
+  const columns = Math.max(1, map.epochs.length);
+  const cw = plot.w / columns;
+  const chart = svg('svg', {width, height: plot.y + plot.h + 40, class: 'map'});
+  const cells = svg('g', {'shape-rendering': 'crispEdges'});
+  map.values.forEach((row, i) => drawRow(cells, row, plot.x, plot.y + i * rowHeight, cw, rowHeight, scale));
+  chart.appendChild(cells);
+  layers.forEach((layer, i) => chart.appendChild(svg('text', {
+    x: plot.x - 8, y: plot.y + (i + 0.5) * rowHeight, 'text-anchor': 'end',
+    'dominant-baseline': 'central', class: layer === run.weakest_layer ? 'layer weakest' : 'layer',
+  }, layer)));
+  chart.appendChild(svg('rect', {x: plot.x - 0.5, y: plot.y - 0.5, width: plot.w + 1, height: plot.h + 1,
+    fill: 'none', class: 'axis'}));
+  epochAxis(chart, map.epochs, plot, cw);
+  const marker = svg('rect', {fill: 'none', stroke: '#fff', 'stroke-width': 1.5, visibility: 'hidden',
+    'pointer-events': 'none'});
+  chart.appendChild(marker);
+  hover(chart, run, map, plot, cw, rowHeight, marker);
+  return chart;
+}
+
+function drawRow(group, row, x0, y, cw, h, scale) {
+  // Neighbouring cells of the same colour are merged into one rectangle.
+  let start = 0;
+  for (let j = 1; j <= row.length; j++) {
+    if (j < row.length && scale.colour(row[j]) === scale.colour(row[start])) continue;
+    const x = x0 + start * cw;
+    // A hair of overlap hides the seams between fractional-pixel columns.
+    const w = (j - start) * cw + (j < row.length ? 0.5 : 0);
+    group.appendChild(svg('rect', {x: x.toFixed(2), y, width: w.toFixed(2), height: h,
+      fill: scale.colour(row[start])}));
+    start = j;
+  }
+}
+
+function epochAxis(chart, epochs, plot, cw) {
+  const y = plot.y + plot.h;
+  if (!epochs.length) return;
+  for (const t of niceTicks(epochs[0], epochs[epochs.length - 1], Math.max(2, Math.floor(plot.w / 90)))) {
+    const j = epochs.findIndex((e) => e >= t);
+    if (j < 0) continue;
+    const x = plot.x + (j + 0.5) * cw;
+    chart.appendChild(svg('line', {x1: x, x2: x, y1: y, y2: y + 4, class: 'axis'}));
+    chart.appendChild(svg('text', {x, y: y + 16, 'text-anchor': 'middle'}, String(epochs[j])));
+  }
+  chart.appendChild(svg('text', {x: plot.x + plot.w, y: y + 32, 'text-anchor': 'end', fill: '#666'}, 'epoch'));
+}
+
+function hover(chart, run, map, plot, cw, rowHeight, marker) {
+  chart.addEventListener('mousemove', (event) => {
+    const box = chart.getBoundingClientRect();
+    const j = Math.floor((event.clientX - box.left - plot.x) / cw);
+    const i = Math.floor((event.clientY - box.top - plot.y) / rowHeight);
+    if (i < 0 || j < 0 || i >= map.layers.length || j >= map.epochs.length) {
+      hideTooltip(marker);
+      return;
+    }
+    const value = map.values[i][j];
+    const what = state.maps.relative ? `${state.maps.stat} / output layer` : state.maps.stat;
+    const shown = value == null ? 'NaN, Inf or not logged'
+      : fmt(value) + (state.maps.scale === 'log' && value > 0 ? `  (log10 ${Math.log10(value).toFixed(2)})` : '');
+    tooltip.replaceChildren(el('b', {}, map.layers[i]), ` · epoch ${map.epochs[j]} · ${run.name}`,
+      el('br'), `${what} = ${shown}`);
+    tooltip.style.display = 'block';
+    tooltip.style.left = `${Math.min(event.clientX + 14, window.innerWidth - tooltip.offsetWidth - 4)}px`;
+    tooltip.style.top = `${event.clientY + 14}px`;
+    Object.entries({x: plot.x + j * cw, y: plot.y + i * rowHeight, width: Math.max(cw, 2), height: rowHeight,
+      visibility: 'visible'}).forEach(([k, v]) => marker.setAttribute(k, v));
+  });
+  chart.addEventListener('mouseleave', () => hideTooltip(marker));
+}
+
+function hideTooltip(marker) {
+  tooltip.style.display = 'none';
+  marker.setAttribute('visibility', 'hidden');
+}
+
+// -- colour scale -----------------------------------------------------------
+
+function makeScale(response, maps) {
+  const log = response ? response.scale === 'log' : true;
+  const values = maps.flatMap((m) => m.values.flat()).filter((v) => v != null);
+  const shown = log ? values.filter((v) => v > 0).map(Math.log10) : values;
+  let lo = shown.length ? Math.min(...shown) : 0;
+  let hi = shown.length ? Math.max(...shown) : 1;
+  if (hi - lo < 1e-9) { lo -= 0.5; hi += 0.5; }
+  const level = (v) => Math.round(Math.max(0, Math.min(1, (v - lo) / (hi - lo))) * (LEVELS - 1));
+  return {
+    log, lo, hi,
+    hasMissing: maps.some((m) => m.values.some((row) => row.some((v) => v == null))),
+    hasNonPositive: log && values.some((v) => v <= 0),
+    colour(v) {
+      if (v == null) return MISSING_COLOUR;
+      if (log && v <= 0) return NONPOSITIVE_COLOUR;
+      return viridis(level(log ? Math.log10(v) : v) / (LEVELS - 1));
+    },
+  };
+}
+
+function viridis(t) {
+  const x = t * (VIRIDIS.length - 1);
+  const i = Math.min(VIRIDIS.length - 2, Math.floor(x));
+  const f = x - i;
+  const rgb = VIRIDIS[i].map((c, k) => Math.round(c + f * (VIRIDIS[i + 1][k] - c)));
+  return `rgb(${rgb.join(',')})`;
+}
+
+function legend(scale) {
+  if (!state.maps) return [];
+  const width = 340;
+  const height = 12;
+  const bar = svg('svg', {width: width + 40, height: 44, class: 'colourbar'});
+  const id = 'viridis-gradient';
+  const stops = VIRIDIS.map((_, k) => svg('stop', {offset: `${(100 * k) / (VIRIDIS.length - 1)}%`,
+    'stop-color': viridis(k / (VIRIDIS.length - 1))}));
+  bar.appendChild(svg('defs', {}, [svg('linearGradient', {id}, stops)]));
+  bar.appendChild(svg('rect', {x: 20, y: 4, width, height, fill: `url(#${id})`}));
+  const ticks = scale.log ? logTicks(scale.lo, scale.hi) : niceTicks(scale.lo, scale.hi, 6);
+  for (const t of ticks) {
+    const x = 20 + ((t - scale.lo) / (scale.hi - scale.lo)) * width;
+    bar.appendChild(svg('line', {x1: x, x2: x, y1: 4, y2: 4 + height + 4, class: 'axis'}));
+    bar.appendChild(svg('text', {x, y: 4 + height + 17, 'text-anchor': 'middle'},
+      scale.log ? decade(t) : fmt(t)));
+  }
+  const what = state.maps.relative ? `${state.maps.stat} / output layer` : state.maps.stat;
+  const parts = [el('span', {}, [el('b', {}, what), scale.log ? ' (log scale, decades)' : ' (linear scale)']), bar];
+  if (scale.hasNonPositive) parts.push(swatch(NONPOSITIVE_COLOUR, '0 (no log)'));
+  if (scale.hasMissing) parts.push(swatch(MISSING_COLOUR, 'NaN, Inf or not logged'));
+  return parts;
+}
+
+function swatch(colour, text) {
+  return el('span', {}, [el('span', {style: `display:inline-block;width:12px;height:12px;` +
+    `background:${colour};border:1px solid #bbb;vertical-align:-2px;margin-right:5px`}), text]);
+}
+
+function logTicks(lo, hi) {
+  const decades = [];
+  for (let d = Math.ceil(lo); d <= Math.floor(hi); d++) decades.push(d);
+  if (decades.length >= 2) return decades;
+  // Less than a decade shown: label 2x and 5x too, e.g. 2×10⁻³.
+  const ticks = [];
+  for (let d = Math.floor(lo); d <= Math.ceil(hi); d++) {
+    for (const m of [1, 2, 5]) {
+      const t = d + Math.log10(m);
+      if (t >= lo && t <= hi) ticks.push(t);
+    }
+  }
+  return ticks;
+}
+
+function decade(t) {
+  const d = Math.floor(t + 1e-9);
+  const m = Math.round(10 ** (t - d));
+  const power = '10' + String(d).split('').map((c) => SUPERSCRIPT[c]).join('');
+  return m === 1 ? power : `${m}×${power}`;
+}
+
+function niceTicks(lo, hi, count) {
+  const span = hi - lo;
+  if (!(span > 0)) return [lo];
+  const raw = span / Math.max(1, count);
+  const base = 10 ** Math.floor(Math.log10(raw));
+  const step = [1, 2, 5, 10].map((m) => m * base).find((s) => s >= raw);
+  const ticks = [];
+  for (let t = Math.ceil(lo / step) * step; t <= hi + step * 1e-9; t += step) ticks.push(+t.toPrecision(12));
+  return ticks;
+}
+
+// -- helpers ----------------------------------------------------------------
+
+async function getJson(url) {
+  const response = await fetch(url);
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(body.error || `${response.status} ${response.statusText}`);
+  return body;
+}
+
+function fmt(v) {
+  if (v === 0) return '0';
+  const a = Math.abs(v);
+  return a >= 1e-3 && a < 1e4 ? String(+v.toPrecision(3)) : v.toExponential(2);
+}
+
+function el(tag, attrs = {}, children = []) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  node.append(...[].concat(children));
+  return node;
+}
+
+function svg(tag, attrs = {}, children = []) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  node.append(...[].concat(children));
+  return node;
+}
