@@ -1,0 +1,98 @@
+"""Each private Keras/TensorFlow part tbgrad reaches (tbgrad/_compat.py) still
+exists in the installed release, and does what tbgrad relies on.
+
+A failure here names the part a release removed or changed; the fix goes in
+tbgrad/_compat.py only.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tbgrad import _compat
+from tbgrad.eventlog import load_split
+
+
+def _model():
+    inner = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="inner_dense")])
+    return keras.Sequential([keras.Input((3,)), inner, keras.layers.Dense(1, name="out")])
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "rmsprop", "adamw"])
+def test_every_optimizer_has_the_update_step_and_passes_the_applied_gradients(optimizer):
+    opt = keras.optimizers.get(optimizer)
+    assert _compat.has_update_step(opt), (
+        f"keras.optimizers.{type(opt).__name__} has no {_compat.OPTIMIZER_UPDATE_STEP}: "
+        "this Keras release changed the optimizer's update step"
+    )
+    var = keras.Variable(np.ones(3, "float32"))
+    seen = []
+    _compat.wrap_update_step(opt, lambda grads, variables: seen.append((grads, variables)))
+    assert _compat.is_update_step_wrapped(opt)
+    grad = tf.constant([0.5, -1.0, 2.0])
+    opt.apply([grad], [var])
+    assert len(seen) == 1, f"{_compat.OPTIMIZER_UPDATE_STEP} was not called by apply()"
+    np.testing.assert_array_equal(np.asarray(seen[0][0][0]), grad.numpy())
+    assert seen[0][1][0] is var
+    _compat.unwrap_update_step(opt)
+    assert not _compat.is_update_step_wrapped(opt)
+    opt.apply([grad], [var])
+    assert len(seen) == 1
+
+
+def test_sublayers_walk_nested_and_subclassed_models():
+    model = _model()
+    names = [layer.name for layer in _compat.sublayers(model)]
+    assert "out" in names and any(isinstance(s, keras.Sequential) for s in model.layers)
+
+    class Sub(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.a = keras.layers.Dense(2, name="a")
+            self.b = keras.layers.Dense(1, name="b")
+
+        def call(self, x):
+            return self.b(self.a(x))
+
+    assert [layer.name for layer in _compat.sublayers(Sub())] == ["a", "b"], (
+        "Layer._layers no longer lists a subclassed model's layers in order"
+    )
+
+
+def test_all_layers_built_sees_nested_layers():
+    class Sub(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.a = keras.layers.Dense(2)
+
+        def call(self, x):
+            return self.a(x)
+
+    model = Sub()
+    assert not _compat.all_layers_built(model)
+    model(np.zeros((1, 3), "float32"))
+    assert _compat.all_layers_built(model)
+
+
+def test_write_raw_summary_writes_without_as_default(tmp_path):
+    from tensorboard.compat.proto import summary_pb2
+    from tensorboard.util import tensor_util
+
+    writer = tf.summary.create_file_writer(str(tmp_path))
+    value = summary_pb2.Summary.Value(tag="x")
+    value.metadata.plugin_data.plugin_name = "scalars"
+    value.tensor.CopyFrom(tensor_util.make_tensor_proto(np.float32(2.5)))
+    data = tf.constant(summary_pb2.Summary(value=[value]).SerializeToString())
+    assert _compat.write_raw_summary(writer, 7, data), (
+        "tf.summary.SummaryWriter has no _resource: write_raw_proto_summary cannot be used"
+    )
+    writer.close()
+    split = load_split(tmp_path)
+    assert split.scalars["x"] == [(7, 2.5)]
+
+
+def test_op_determinism_getter():
+    assert _compat.op_determinism_enabled() in (True, False)
