@@ -34,9 +34,9 @@ class GradientTensorBoard(keras.callbacks.Callback):
 
     The statistics are accumulated inside the compiled train step, so every
     step counts also when ``model.compile(steps_per_execution=N)`` runs N
-    steps per call. On the studies' small models a whole epoch per call
-    (``steps_per_execution`` = steps per epoch) made fit's epochs 1.9x to 3x
-    faster here, with the same logged values (docs/benchmarks.md).
+    steps per call: on small models, a whole epoch per call
+    (``steps_per_execution`` = steps per epoch) saves fit's Python work
+    between steps and logs the same values (docs/benchmarks.md).
 
     Args:
         log_dir: The run folder.

@@ -26,16 +26,37 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tbgrad import _compat
+from tbgrad import _compat, tags
 
 # Columns of the per-layer statistics matrix.
 MEAN_ABS, STD, NONFINITE = 0, 1, 2
 N_STATS = 3
 
+# TensorBoard's own default (tensorboard/plugins/histogram/summary_v2.py).
+DEFAULT_BUCKET_COUNT = 30
+
 # Kernels up to this many entries are stacked with the others of their size
 # and reduced in one op; a bigger one is reduced alone, since stacking would
 # copy it every step for no saving.
 STACK_MAX_SIZE = 16384
+
+
+@dataclass(frozen=True)
+class EpochValues:
+    """Every number of one epoch that the writer serialises, per layer.
+
+    ``scalars[family][i]`` is layer i's value of a family of
+    :data:`tbgrad.tags.EPOCH_SCALAR_FAMILIES`; ``histograms[family][i]`` its
+    ``[bucket_count, 3]`` buckets of a family of
+    :data:`tbgrad.tags.HISTOGRAM_FAMILIES` (empty when no histogram is due);
+    ``grad_ratio`` is the first layer's mean |g| over the last's (None with
+    fewer than two layers).
+    """
+
+    scalars: dict[str, np.ndarray]
+    histograms: dict[str, list[np.ndarray]]
+    grad_ratio: float | None
+    steps: int
 
 
 @dataclass(frozen=True)
@@ -150,8 +171,8 @@ class GradientStats:
         kernel_grads = [tf.convert_to_tensor(g) for g in kernel_grads]
         first = tf.logical_and(tf.equal(self._steps, 0), self._capture)
         if self.jit_compile:
-            # XLA runs a tf.cond as a conditional that cost ~0.5 ms per step
-            # each on the 20x256 model (more than the sums): no cond here.
+            # XLA runs a tf.cond as a conditional that costs more per step
+            # than the sums on large models: no cond here.
             # The sums are always the finite-only ones (see _finite_sums_xla).
             step = self._step_stats(kernel_grads, finite_only=True)
         else:
@@ -279,6 +300,45 @@ class GradientStats:
             "steps": steps,
         }
 
+    def epoch_values(
+        self,
+        snapshot: dict | None = None,
+        histograms: bool = True,
+        bucket_count: int = DEFAULT_BUCKET_COUNT,
+    ) -> EpochValues:
+        """Every number the epoch's summaries hold (see :class:`EpochValues`).
+
+        Args:
+            snapshot: Values of :meth:`snapshot_tensors` as numpy; None reads
+                the variables (eager).
+            histograms: Whether to bucket the gradients and kernels.
+            bucket_count: Histogram buckets.
+        """
+        stats = self.epoch_stats(snapshot)
+        if snapshot is not None:
+            kernels, grads = snapshot["kernels"], snapshot["gradients"]
+        else:
+            kernels = [layer.kernel.numpy() for layer in self.layers]
+            grads = [g.numpy() for g in self._captured] if histograms else None
+        kernels = [np.asarray(k, dtype=np.float64) for k in kernels]
+        scalars = {
+            tags.GRAD_MEAN_ABS: stats["grad_mean_abs"],
+            tags.GRAD_STD: stats["grad_std"],
+            tags.GRAD_NONFINITE: stats["grad_nonfinite"],
+            tags.WEIGHT_MEAN: np.array([k.mean() for k in kernels]),
+            tags.WEIGHT_STD: np.array([k.std() for k in kernels]),
+            tags.WEIGHT_L1: np.array([np.abs(k).sum() for k in kernels]),
+        }
+        buckets = {}
+        if histograms:
+            buckets[tags.GRADIENTS] = [histogram_buckets(g, bucket_count) for g in grads]
+            buckets[tags.WEIGHTS] = [histogram_buckets(k, bucket_count) for k in kernels]
+        ratio = None
+        if len(self.layers) >= 2:
+            mean_abs = stats["grad_mean_abs"]
+            ratio = float(mean_abs[0] / mean_abs[-1]) if mean_abs[-1] != 0 else 0.0
+        return EpochValues(scalars, buckets, ratio, int(stats["steps"]))
+
     def last_step_tensors(self) -> tf.Tensor:
         """The last step's per-layer mean |g| (graph or eager)."""
         return self._last.read_value()[:, MEAN_ABS]
@@ -325,8 +385,7 @@ def _sums(block: tf.Tensor) -> tf.Tensor:
 def _finite_sums_xla(block: tf.Tensor) -> tf.Tensor:
     # What _finite_sums computes, for a [k, ...] block of kernels, in a form
     # that XLA's CPU backend runs fast. XLA emits reductions as
-    # single-threaded loops: the three sums of _sums over 20 kernels of
-    # 256x256 took ~3 ms per step, a third of that model's whole step. A
+    # single-threaded loops, a large share of the step on wide layers. A
     # matrix product goes to the threaded GEMM instead, so the four sums are
     # one product: the fused block [|g|; g; g*g; finite] (as [k, 4r, c])
     # times a column of ones, then a small reduction of its row sums. Under
@@ -353,3 +412,27 @@ def _finite_sums(block: tf.Tensor) -> tf.Tensor:
     finite = tf.math.is_finite(block)
     n = tf.reduce_sum(tf.cast(finite, block.dtype), axis=1)
     return tf.concat([_sums(tf.where(finite, block, tf.zeros_like(block))), n[:, None]], axis=1)
+
+
+def histogram_buckets(data, bucket_count: int = DEFAULT_BUCKET_COUNT) -> np.ndarray:
+    """Buckets the finite entries of ``data`` as TensorBoard's histograms do.
+
+    Returns a float64 ``[bucket_count, 3]`` array of (left edge, right edge,
+    count), the format of ``tensorboard.plugins.histogram`` summaries: equal
+    buckets from the minimum to the maximum, the maximum in the last bucket
+    (an entry's bucket is ``floor(bucket_count * (x - lo) / (hi - lo))``,
+    clipped to the last one). NaN and Inf entries are left out
+    (``grad_nonfinite`` counts them). Computed in numpy on values already on
+    the host: no op to trace or run per tensor.
+    """
+    x = np.asarray(data, dtype=np.float64).ravel()
+    finite = np.isfinite(x)
+    if not finite.all():
+        x = x[finite]
+    lo = float(x.min()) if x.size else 0.0
+    hi = float(x.max()) if x.size else 0.0
+    span = hi - lo if hi > lo else 1.0
+    index = np.floor((x - lo) / span * bucket_count).astype(np.int64)
+    counts = np.bincount(np.clip(index, 0, bucket_count - 1), minlength=bucket_count)
+    edges = np.linspace(lo, hi, bucket_count + 1)
+    return np.stack([edges[:-1], edges[1:], counts.astype(np.float64)], axis=1)

@@ -26,10 +26,8 @@ from tensorboard.plugins.scalar import metadata as scalar_metadata
 
 from tbgrad import _compat, layout, tags
 from tbgrad.dashboard import metadata as dashboard_metadata
-from tbgrad.stats import GradientStats
+from tbgrad.stats import DEFAULT_BUCKET_COUNT, GradientStats
 
-# TensorBoard's own default (tensorboard/plugins/histogram/summary_v2.py).
-DEFAULT_BUCKET_COUNT = 30
 # How far the event files may lag behind training (TensorFlow's default: 120).
 FLUSH_SECONDS = 30
 
@@ -174,37 +172,17 @@ class SummaryLogger:
     def _epoch_values(self, train: dict[str, float], histograms: bool, snapshot=None):
         # (tag, value): a float for a scalar, a [k, 3] array for a histogram.
         values = [(tags.epoch_tag(k), v) for k, v in train.items()]
-        layers = self.stats.layers
-        if not layers:
+        if not self.stats.layers:
             return values
-        stats = self.stats.epoch_stats(snapshot)
-        if snapshot is not None:
-            kernels, grads = snapshot["kernels"], snapshot["gradients"]
-        else:
-            kernels = [layer.kernel.numpy() for layer in layers]
-            grads = [g.numpy() for g in self.stats.captured_gradients()] if histograms else None
-        if len(layers) >= 2:
-            mean_abs = stats[tags.GRAD_MEAN_ABS]
-            ratio = mean_abs[0] / mean_abs[-1] if mean_abs[-1] != 0 else 0.0
-            values.append((tags.GRAD_RATIO, ratio))
-        for i, layer in enumerate(layers):
-            kernel = np.asarray(kernels[i], dtype=np.float64)
-            for family in (tags.GRAD_MEAN_ABS, tags.GRAD_STD, tags.GRAD_NONFINITE):
-                values.append((tags.layer_tag(family, layer.name), stats[family][i]))
-            for family, value in (
-                (tags.WEIGHT_MEAN, kernel.mean()),
-                (tags.WEIGHT_STD, kernel.std()),
-                (tags.WEIGHT_L1, np.abs(kernel).sum()),
-            ):
-                values.append((tags.layer_tag(family, layer.name), value))
+        epoch = self.stats.epoch_values(snapshot, histograms, self.bucket_count)
+        if epoch.grad_ratio is not None:
+            values.append((tags.GRAD_RATIO, epoch.grad_ratio))
+        for i, name in enumerate(self.stats.names):
+            for family in tags.EPOCH_SCALAR_FAMILIES:
+                values.append((tags.layer_tag(family, name), epoch.scalars[family][i]))
             if histograms:
-                for family, data in ((tags.GRADIENTS, grads[i]), (tags.WEIGHTS, kernel)):
-                    values.append(
-                        (
-                            tags.layer_tag(family, layer.name),
-                            histogram_buckets_numpy(data, self.bucket_count),
-                        )
-                    )
+                for family in tags.HISTOGRAM_FAMILIES:
+                    values.append((tags.layer_tag(family, name), epoch.histograms[family][i]))
         return values
 
     def _write_step(self, step, batch):
@@ -214,53 +192,6 @@ class SummaryLogger:
                 tf.summary.scalar(tags.batch_tag(name), value)
             for i, layer in enumerate(self.stats.layers):
                 tf.summary.scalar(tags.layer_tag(tags.BATCH_GRAD_MEAN_ABS, layer.name), last[i])
-
-
-def histogram_buckets(data, bucket_count: int = DEFAULT_BUCKET_COUNT) -> tf.Tensor:
-    """Buckets the finite entries of ``data`` as TensorBoard's histograms do.
-
-    Returns a float64 ``[bucket_count, 3]`` tensor of (left edge, right edge,
-    count), the format of ``tensorboard.plugins.histogram`` summaries: equal
-    buckets from the minimum to the maximum, the maximum in the last bucket.
-    NaN and Inf entries are left out (``grad_nonfinite`` counts them).
-
-    ``tf.summary.histogram`` builds the same buckets through two nested
-    ``tf.cond``s and a [size, bucket_count] one-hot matrix per tensor; with
-    dozens of tensors per epoch that took seconds to trace and milliseconds
-    per epoch to run. ``tf.histogram_fixed_width`` is one kernel and no cond.
-    """
-    x = tf.reshape(tf.cast(data, tf.float64), [-1])
-    x = tf.boolean_mask(x, tf.math.is_finite(x))
-    n = tf.size(x)
-    empty = tf.equal(n, 0)
-    lo = tf.where(empty, tf.constant(0.0, tf.float64), tf.reduce_min(x))
-    hi = tf.where(empty, tf.constant(0.0, tf.float64), tf.reduce_max(x))
-    # histogram_fixed_width needs lo < hi; a single distinct value (or no
-    # value) gets a unit range for counting while its edges stay at lo.
-    counts = tf.histogram_fixed_width(
-        x, tf.stack([lo, tf.where(hi > lo, hi, lo + 1.0)]), nbins=bucket_count
-    )
-    edges = tf.linspace(lo, hi, bucket_count + 1)
-    return tf.stack([edges[:-1], edges[1:], tf.cast(counts, tf.float64)], axis=1)
-
-
-def histogram_buckets_numpy(data, bucket_count: int = DEFAULT_BUCKET_COUNT) -> np.ndarray:
-    """:func:`histogram_buckets` in numpy, for values already on the host.
-
-    The same buckets as ``tf.histogram_fixed_width``: an entry's bucket is
-    ``floor(bucket_count * (x - lo) / (hi - lo))``, clipped to the last one.
-    """
-    x = np.asarray(data, dtype=np.float64).ravel()
-    finite = np.isfinite(x)
-    if not finite.all():
-        x = x[finite]
-    lo = float(x.min()) if x.size else 0.0
-    hi = float(x.max()) if x.size else 0.0
-    span = hi - lo if hi > lo else 1.0
-    index = np.floor((x - lo) / span * bucket_count).astype(np.int64)
-    counts = np.bincount(np.clip(index, 0, bucket_count - 1), minlength=bucket_count)
-    edges = np.linspace(lo, hi, bucket_count + 1)
-    return np.stack([edges[:-1], edges[1:], counts.astype(np.float64)], axis=1)
 
 
 _HISTOGRAM_METADATA = histogram_metadata.create_summary_metadata(

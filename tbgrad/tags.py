@@ -49,25 +49,100 @@ EPOCH_SCALAR_FAMILIES = (
     WEIGHT_L1,
 )
 
-# What each per-layer family means; the README's tag table is built from it.
-DESCRIPTIONS = {
-    GRADIENTS: "histogram of the kernel gradient the optimizer applied in the "
-    "first training step of the epoch",
-    GRAD_MEAN_ABS: "mean |g| of the kernel gradient, averaged over every "
-    "training step of the epoch",
-    GRAD_STD: "standard deviation of the kernel gradient, averaged over every "
-    "training step of the epoch",
-    GRAD_NONFINITE: "number of non-finite (NaN or Inf) kernel-gradient entries, "
-    "summed over every training step of the epoch",
-    WEIGHTS: "histogram of the kernel at the end of the epoch",
-    WEIGHT_MEAN: "mean of the kernel at the end of the epoch",
-    WEIGHT_STD: "standard deviation of the kernel at the end of the epoch",
-    WEIGHT_L1: "L1 norm (sum of |w|) of the kernel at the end of the epoch",
-    GRAD_RATIO: "grad_mean_abs of the first kernel layer / grad_mean_abs of the "
-    "last (output) layer, per epoch; far below 1 means vanishing gradients",
-    BATCH_GRAD_MEAN_ABS: "mean |g| of the kernel gradient of one training "
-    "step, at the global step (only with an integer update_freq)",
-}
+# The README's tag table: (tag, dashboard, when, what it means), in order.
+# tests/library/test_tags.py checks that the README shows exactly this.
+TABLE = (
+    (
+        f"`{TRAIN_DIR}/epoch_loss`, `{TRAIN_DIR}/epoch_accuracy`, "
+        f"`{TRAIN_DIR}/epoch_learning_rate`",
+        "Scalars",
+        "every epoch",
+        "training loss and accuracy (Keras's epoch averages) and the learning rate",
+    ),
+    (
+        f"`{VALIDATION_DIR}/epoch_loss`, `{VALIDATION_DIR}/epoch_accuracy`",
+        "Scalars",
+        "every epoch",
+        "loss and accuracy on the validation data",
+    ),
+    (
+        f"`{TRAIN_DIR}/{GRADIENTS}/<layer>`",
+        "Histograms, Distributions",
+        "every `histogram_freq` epochs",
+        "histogram of the kernel gradient the optimizer applied in the first training "
+        "step of the epoch (finite entries only)",
+    ),
+    (
+        f"`{TRAIN_DIR}/{WEIGHTS}/<layer>`",
+        "Histograms, Distributions",
+        "every `histogram_freq` epochs",
+        "histogram of the kernel at the end of the epoch",
+    ),
+    (
+        f"`{TRAIN_DIR}/{GRAD_MEAN_ABS}/<layer>`",
+        "Scalars, Gradient flow",
+        "every epoch",
+        "mean \\|g\\| of the kernel gradient, averaged over every training step of the "
+        "epoch: the layer's gradient magnitude",
+    ),
+    (
+        f"`{TRAIN_DIR}/{GRAD_STD}/<layer>`",
+        "Scalars, Gradient flow",
+        "every epoch",
+        "standard deviation of the kernel gradient, averaged over every training step of the epoch",
+    ),
+    (
+        f"`{TRAIN_DIR}/{GRAD_NONFINITE}/<layer>`",
+        "Scalars",
+        "every epoch",
+        "number of NaN or Inf kernel-gradient entries in the epoch (0 in a healthy run)",
+    ),
+    (
+        f"`{TRAIN_DIR}/{WEIGHT_MEAN}/<layer>`",
+        "Scalars",
+        "every epoch",
+        "mean of the kernel at the end of the epoch",
+    ),
+    (
+        f"`{TRAIN_DIR}/{WEIGHT_STD}/<layer>`",
+        "Scalars, Gradient flow",
+        "every epoch",
+        "standard deviation of the kernel at the end of the epoch",
+    ),
+    (
+        f"`{TRAIN_DIR}/{WEIGHT_L1}/<layer>`",
+        "Scalars",
+        "every epoch",
+        "L1 norm (sum of \\|w\\|) of the kernel: how much the layer has grown or changed",
+    ),
+    (
+        f"`{TRAIN_DIR}/{GRAD_RATIO}`",
+        "Scalars",
+        "every epoch",
+        f"`{GRAD_MEAN_ABS}` of the first kernel layer divided by that of the last (output) "
+        "layer; far below 1 means the gradient vanishes on its way to the input",
+    ),
+    (
+        f"`{TRAIN_DIR}/batch_loss`, `{TRAIN_DIR}/batch_accuracy`",
+        "Scalars",
+        "every N steps",
+        "running epoch average at the global step (only with `update_freq=N`)",
+    ),
+    (
+        f"`{TRAIN_DIR}/{BATCH_GRAD_MEAN_ABS}/<layer>`",
+        "Scalars",
+        "every N steps",
+        "mean \\|g\\| of that one step's kernel gradient, at the global step (only with "
+        "`update_freq=N`)",
+    ),
+)
+
+
+def markdown_table() -> str:
+    """The tag table of the README, rendered from :data:`TABLE`."""
+    lines = ["| tag | dashboard | when | what it means |", "|---|---|---|---|"]
+    lines += [f"| {tag} | {board} | {when} | {meaning} |" for tag, board, when, meaning in TABLE]
+    return "\n".join(lines)
 
 
 def layer_tag(family: str, layer: str) -> str:

@@ -24,8 +24,7 @@ run A2 (5 x tanh, RandomUniform(0, 1)) the gradient dies in the *middle and
 last* hidden layers while the first layer's mean |g| stays close to the
 output layer's (measured median ``grad_ratio`` 1.14 for A2, 3.37 for A3), so
 the first/output quotient does not tell them apart; the weakest layer does.
-The thresholds and the figures behind them are in the README ("Comparing
-runs").
+The thresholds and the figures behind them are in docs/verdict.md.
 """
 
 from __future__ import annotations
@@ -46,7 +45,7 @@ NON_FINITE = "non-finite"
 UNKNOWN = "unknown"
 VERDICTS = (VANISHING, HEALTHY, EXPLODING, NON_FINITE, UNKNOWN)
 
-# Measured at 500 epochs, seed 1 (README, "Comparing runs"): A2's weakest
+# Measured at 500 epochs, seed 1 (docs/verdict.md): A2's weakest
 # ratio never rises above 0.070 in any epoch (median 0.029); A3's never
 # falls below 0.165 (median 0.39). 0.1 lies between, close to their
 # geometric midpoint.
