@@ -22,6 +22,9 @@ const NONPOSITIVE_COLOUR = '#1b1b1b'; // 0 or below: no log10
 const LINEAR_STATS = new Set(['weight_mean', 'grad_nonfinite']);
 const MAX_DEFAULT_RUNS = 4;
 const LABEL_FONT = 12;
+const MEDIAN_WIDTH = 64; // the column of row medians right of a map
+const ROW_GAP = 2;
+const CLIP_QUANTILE = 0.01;
 const SUPERSCRIPT = {'-': '⁻', '0': '⁰', '1': '¹', '2': '²', '3': '³', '4': '⁴',
   '5': '⁵', '6': '⁶', '7': '⁷', '8': '⁸', '9': '⁹'};
 
@@ -57,6 +60,10 @@ const STYLE = `
   svg text { fill: #333; font-size: ${LABEL_FONT}px; }
   svg .axis { stroke: #999; stroke-width: 1; }
   svg text.weakest { font-weight: 700; fill: #8c2f1f; }
+  svg text.head { fill: #777; font-size: 11px; }
+  svg text.median { fill: #555; font-size: 11px; }
+  svg text.tick { font-size: 12px; }
+  .legend-title { line-height: 1.3; }
   button { font: inherit; padding: 1px 10px; cursor: pointer; }
 `;
 
@@ -113,8 +120,9 @@ function header() {
     el('h1', {}, 'Gradient flow'),
     el('p', {class: 'lede'},
       'One map per run: a row per layer, input layer at the top, output layer at the bottom; ' +
-      'a column per epoch. Colour is log10 of the statistic, on one scale for every run shown, ' +
-      'so a dark band is a layer whose gradient fades (vanishing), whatever the run.'),
+      'a column per epoch. Colour is log10 of the statistic (linear for weight_mean and ' +
+      'grad_nonfinite), on one scale for every run shown, so a dark band in grad_mean_abs is a ' +
+      'layer the gradient hardly reaches (vanishing), whatever the run. Hover a cell for its value.'),
   ]);
 }
 
@@ -201,7 +209,8 @@ function panel(run, map, scale, width) {
   const verdict = run.verdict;
   const weakest = run.weakest_layer
     ? [' weakest layer ', el('b', {}, run.weakest_layer),
-      run.weakest_layer_ratio != null ? ` (median ${fmt(run.weakest_layer_ratio)} × output layer's mean |g|)` : '']
+      run.weakest_layer_ratio != null
+        ? `: its mean |g| is ${fmt(run.weakest_layer_ratio)} × the output layer's (median over epochs)` : '']
     : [];
   const body = map ? heatmap(run, map, scale, width)
     : el('p', {class: 'note'}, `${state.stat} is not logged in this run.`);
@@ -217,20 +226,24 @@ function panel(run, map, scale, width) {
 function heatmap(run, map, scale, width) {
   const layers = map.layers;
   const labelWidth = Math.ceil(Math.max(...layers.map((l) => l.length)) * LABEL_FONT * 0.62) + 14;
-  const rowHeight = Math.max(14, Math.min(44, Math.floor(300 / Math.max(1, layers.length))));
-  const plot = {x: labelWidth, y: 2, w: Math.max(60, width - labelWidth - 8), h: rowHeight * layers.length};
+  const rowHeight = Math.max(14, Math.min(60, Math.floor(380 / Math.max(1, layers.length))));
+  const plot = {x: labelWidth, y: 18, w: Math.max(60, width - labelWidth - MEDIAN_WIDTH), h: rowHeight * layers.length};
   const columns = Math.max(1, map.epochs.length);
   const cw = plot.w / columns;
   const chart = svg('svg', {width, height: plot.y + plot.h + 40, class: 'map'});
   const cells = svg('g', {'shape-rendering': 'crispEdges'});
   map.values.forEach((row, i) => drawRow(cells, row, plot.x, plot.y + i * rowHeight, cw, rowHeight, scale));
   chart.appendChild(cells);
-  layers.forEach((layer, i) => chart.appendChild(svg('text', {
-    x: plot.x - 8, y: plot.y + (i + 0.5) * rowHeight, 'text-anchor': 'end',
-    'dominant-baseline': 'central', class: layer === run.weakest_layer ? 'layer weakest' : 'layer',
-  }, layer)));
-  chart.appendChild(svg('rect', {x: plot.x - 0.5, y: plot.y - 0.5, width: plot.w + 1, height: plot.h + 1,
-    fill: 'none', class: 'axis'}));
+  chart.appendChild(svg('text', {x: plot.x + plot.w + 8, y: plot.y - 6, class: 'head'}, 'median'));
+  layers.forEach((layer, i) => {
+    const y = plot.y + (i + 0.5) * rowHeight;
+    const weakest = layer === run.weakest_layer ? ' weakest' : '';
+    chart.appendChild(svg('text', {x: plot.x - 8, y, 'text-anchor': 'end', 'dominant-baseline': 'central',
+      class: 'layer' + weakest}, layer));
+    // The row's median, so that the colours can be read as numbers too.
+    chart.appendChild(svg('text', {x: plot.x + plot.w + 8, y, 'dominant-baseline': 'central',
+      class: 'median' + weakest}, fmt(median(map.values[i]))));
+  });
   epochAxis(chart, map.epochs, plot, cw);
   const marker = svg('rect', {fill: 'none', stroke: '#fff', 'stroke-width': 1.5, visibility: 'hidden',
     'pointer-events': 'none'});
@@ -240,17 +253,25 @@ function heatmap(run, map, scale, width) {
 }
 
 function drawRow(group, row, x0, y, cw, h, scale) {
-  // Neighbouring cells of the same colour are merged into one rectangle.
+  // Neighbouring cells of the same colour are merged into one rectangle; a
+  // white gap between rows keeps each layer a band of its own.
   let start = 0;
   for (let j = 1; j <= row.length; j++) {
     if (j < row.length && scale.colour(row[j]) === scale.colour(row[start])) continue;
     const x = x0 + start * cw;
     // A hair of overlap hides the seams between fractional-pixel columns.
     const w = (j - start) * cw + (j < row.length ? 0.5 : 0);
-    group.appendChild(svg('rect', {x: x.toFixed(2), y, width: w.toFixed(2), height: h,
-      fill: scale.colour(row[start])}));
+    group.appendChild(svg('rect', {x: x.toFixed(2), y: y + ROW_GAP / 2, width: w.toFixed(2),
+      height: h - ROW_GAP, fill: scale.colour(row[start])}));
     start = j;
   }
+}
+
+function median(values) {
+  const finite = values.filter((v) => v != null).sort((a, b) => a - b);
+  if (!finite.length) return NaN;
+  const mid = finite.length >> 1;
+  return finite.length % 2 ? finite[mid] : (finite[mid - 1] + finite[mid]) / 2;
 }
 
 function epochAxis(chart, epochs, plot, cw) {
@@ -300,13 +321,17 @@ function hideTooltip(marker) {
 function makeScale(response, maps) {
   const log = response ? response.scale === 'log' : true;
   const values = maps.flatMap((m) => m.values.flat()).filter((v) => v != null);
-  const shown = log ? values.filter((v) => v > 0).map(Math.log10) : values;
-  let lo = shown.length ? Math.min(...shown) : 0;
-  let hi = shown.length ? Math.max(...shown) : 1;
-  if (hi - lo < 1e-9) { lo -= 0.5; hi += 0.5; }
+  const shown = (log ? values.filter((v) => v > 0).map(Math.log10) : values).sort((a, b) => a - b);
+  // The first epochs' transient reaches far beyond the rest of training; the
+  // percentiles keep it from flattening every other colour.
+  let lo = shown.length ? quantile(shown, CLIP_QUANTILE) : 0;
+  let hi = shown.length ? quantile(shown, 1 - CLIP_QUANTILE) : 1;
+  if (hi - lo < 1e-9) { lo = (shown[0] ?? 0) - 0.5; hi = (shown[shown.length - 1] ?? 0) + 0.5; }
   const level = (v) => Math.round(Math.max(0, Math.min(1, (v - lo) / (hi - lo))) * (LEVELS - 1));
   return {
     log, lo, hi,
+    clippedLow: shown.length > 0 && shown[0] < lo,
+    clippedHigh: shown.length > 0 && shown[shown.length - 1] > hi,
     hasMissing: maps.some((m) => m.values.some((row) => row.some((v) => v == null))),
     hasNonPositive: log && values.some((v) => v <= 0),
     colour(v) {
@@ -315,6 +340,12 @@ function makeScale(response, maps) {
       return viridis(level(log ? Math.log10(v) : v) / (LEVELS - 1));
     },
   };
+}
+
+function quantile(sorted, q) {
+  const x = q * (sorted.length - 1);
+  const i = Math.floor(x);
+  return i + 1 < sorted.length ? sorted[i] + (x - i) * (sorted[i + 1] - sorted[i]) : sorted[i];
 }
 
 function viridis(t) {
@@ -327,23 +358,29 @@ function viridis(t) {
 
 function legend(scale) {
   if (!state.maps) return [];
-  const width = 340;
-  const height = 12;
-  const bar = svg('svg', {width: width + 40, height: 44, class: 'colourbar'});
+  const width = 420;
+  const x0 = 14;
+  const height = 14;
+  const bar = svg('svg', {width: width + 2 * x0, height: 40, class: 'colourbar'});
   const id = 'viridis-gradient';
   const stops = VIRIDIS.map((_, k) => svg('stop', {offset: `${(100 * k) / (VIRIDIS.length - 1)}%`,
     'stop-color': viridis(k / (VIRIDIS.length - 1))}));
   bar.appendChild(svg('defs', {}, [svg('linearGradient', {id}, stops)]));
-  bar.appendChild(svg('rect', {x: 20, y: 4, width, height, fill: `url(#${id})`}));
+  bar.appendChild(svg('rect', {x: x0, y: 2, width, height, fill: `url(#${id})`}));
+  // Triangles at the ends, as in matplotlib: values beyond share the end colour.
+  if (scale.clippedLow) bar.appendChild(svg('polygon', {points: `${x0},2 ${x0},${2 + height} ${x0 - 10},${2 + height / 2}`, fill: viridis(0)}));
+  if (scale.clippedHigh) bar.appendChild(svg('polygon', {points: `${x0 + width},2 ${x0 + width},${2 + height} ${x0 + width + 10},${2 + height / 2}`, fill: viridis(1)}));
   const ticks = scale.log ? logTicks(scale.lo, scale.hi) : niceTicks(scale.lo, scale.hi, 6);
   for (const t of ticks) {
-    const x = 20 + ((t - scale.lo) / (scale.hi - scale.lo)) * width;
-    bar.appendChild(svg('line', {x1: x, x2: x, y1: 4, y2: 4 + height + 4, class: 'axis'}));
-    bar.appendChild(svg('text', {x, y: 4 + height + 17, 'text-anchor': 'middle'},
+    const x = x0 + ((t - scale.lo) / (scale.hi - scale.lo)) * width;
+    bar.appendChild(svg('line', {x1: x, x2: x, y1: 2, y2: 2 + height + 4, class: 'axis'}));
+    bar.appendChild(svg('text', {x, y: 2 + height + 18, 'text-anchor': 'middle', class: 'tick'},
       scale.log ? decade(t) : fmt(t)));
   }
   const what = state.maps.relative ? `${state.maps.stat} / output layer` : state.maps.stat;
-  const parts = [el('span', {}, [el('b', {}, what), scale.log ? ' (log scale, decades)' : ' (linear scale)']), bar];
+  const how = (scale.log ? 'log scale, one tick per decade' : 'linear scale') +
+    (scale.clippedLow || scale.clippedHigh ? '; values beyond the 1st–99th percentile take the end colours' : '');
+  const parts = [el('div', {class: 'legend-title'}, [el('b', {}, what), el('br'), el('span', {class: 'reason'}, how)]), bar];
   if (scale.hasNonPositive) parts.push(swatch(NONPOSITIVE_COLOUR, '0 (no log)'));
   if (scale.hasMissing) parts.push(swatch(MISSING_COLOUR, 'NaN, Inf or not logged'));
   return parts;
