@@ -47,10 +47,11 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
         )
     cli.import_tensorflow_quietly()
     from tbgrad.lab import report
+    from tbgrad.lab.sweep import INCOMPLETE
 
     summaries = report.summarize(logdir)
     if not summaries:
-        return cli.fail(prog, f"only unfinished (.incomplete-N) runs under {args.logdir!r}")
+        return cli.fail(prog, f"only unfinished ({INCOMPLETE}N) runs under {args.logdir!r}")
     print(report.format_table(summaries))
     if args.png is not None:
         written = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import concurrent.futures
 import datetime
 import multiprocessing
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from tbgrad.cli import common as cli
 from tbgrad.lab import sweep_worker
+from tbgrad.lab.runs import check_logdir
 
 PROG = "reproduce.py"
 
@@ -74,27 +76,15 @@ def build_parser(prog: str = PROG):
 
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     args = build_parser(prog).parse_args(argv)
-    out = Path(args.out or ("logs/reproduce-quick" if args.quick else "logs/reproduce"))
-    results = Path(args.results or (out / "results.md" if args.quick else "docs/results.md"))
-    figures = Path(args.figures or (out / "figures" if args.quick else "docs/figures"))
+    out, results, figures = _paths(args)
     try:
-        for label, path in (("--out", out), ("--figures", figures), ("--results", results.parent)):
-            from tbgrad.lab.runs import check_logdir
-
-            try:
-                check_logdir(path)
-            except ValueError as err:
-                raise ValueError(f"{label}: {err}") from None
-        if results.exists() and results.is_dir():
-            raise ValueError(f"--results {str(results)!r} is a folder")
+        _check_paths(out, results, figures)
     except ValueError as err:
         return cli.fail(prog, str(err))
 
     cli.import_tensorflow_quietly()
-    import keras
-    import tensorflow as tf
-
     from tbgrad.lab import reproduce
+    from tbgrad.lab.sweep import FAILED
 
     seeds_n = args.seeds or (1 if args.quick else len(reproduce.SEEDS))
     seeds = list(range(1, seeds_n + 1))
@@ -105,40 +95,18 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     print(f"{len(configs)} runs into {out / 'runs'}", flush=True)
     start = time.perf_counter()
     outcomes = reproduce.run_all(groups, out, workers=args.workers)
-    failed = [o for o in outcomes if o.status == "failed"]
+    failed = [o for o in outcomes if o.status == FAILED]
     for o in failed:
         print(f"failed: {o.run_dir.name}: {o.error}", file=sys.stderr)
-    print("Glorot & Bengio check, reading the runs back ...", flush=True)
-    # The check trains in a worker process (one core) while this one reads
-    # the runs' event files (the other core).
-    with concurrent.futures.ProcessPoolExecutor(
-        1, mp_context=multiprocessing.get_context("spawn"), initializer=sweep_worker.init_worker
-    ) as pool:
-        gb_future = pool.submit(
-            reproduce.glorot_bengio, out, seeds=seeds, epochs=5 if not args.quick else 3
-        )
-        groups = reproduce.collect(groups, out)
-        gb = gb_future.result()
+    groups, gb = _collect_with_glorot_bengio(groups, out, seeds, args.quick)
     checks = reproduce.qualitative_checks(groups, gb)
     figures_written = reproduce.write_figures(groups, gb, figures)
     minutes = (time.perf_counter() - start) / 60
     meta = {
-        "command": " ".join(
-            ["scripts/reproduce.py", *(argv if argv is not None else sys.argv[1:])]
-        ),
-        "date": datetime.date.today().isoformat(),
-        "machine": f"{os.cpu_count()} CPU cores, {platform.machine()}, no GPU",
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "seeds": ", ".join(map(str, seeds)),
-        "b_seeds": ", ".join(map(str, b_seeds)),
-        "epochs": epochs or "as in the studies (A: 500, B: 100)",
+        **_meta(argv, args, seeds, b_seeds, epochs),
         "runs": len(configs),
         "minutes": f"{minutes:.1f}",
         "run_minutes": f"{sum(r['seconds'] for g in groups for r in g.runs) / 60:.1f}",
-        "workers": args.workers or os.cpu_count(),
-        "study_a_loop": args.loop,
         "checks": checks,
     }
     text = reproduce.results_markdown(groups, gb, figures_written, meta, results.parent)
@@ -152,6 +120,72 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     if args.quick and not all(passed for _, passed, _ in checks):
         return 1
     return 0
+
+
+def _paths(args: argparse.Namespace) -> tuple[Path, Path, Path]:
+    """The runs' folder, the Markdown file and the figures' folder."""
+    out = Path(args.out or ("logs/reproduce-quick" if args.quick else "logs/reproduce"))
+    results = Path(args.results or (out / "results.md" if args.quick else "docs/results.md"))
+    figures = Path(args.figures or (out / "figures" if args.quick else "docs/figures"))
+    return out, results, figures
+
+
+def _check_paths(out: Path, results: Path, figures: Path) -> None:
+    """Raises ValueError, naming the flag, if an output path cannot be used."""
+    for label, path in (("--out", out), ("--figures", figures), ("--results", results.parent)):
+        try:
+            check_logdir(path)
+        except ValueError as err:
+            raise ValueError(f"{label}: {err}") from None
+    if results.exists() and results.is_dir():
+        raise ValueError(f"--results {str(results)!r} is a folder")
+
+
+def _collect_with_glorot_bengio(groups: list, out: Path, seeds: list[int], quick: bool):
+    """Reads the runs back into ``groups`` while the Glorot & Bengio check
+    trains; returns (groups, the check's profiles)."""
+    from tbgrad.lab import reproduce
+
+    print("Glorot & Bengio check, reading the runs back ...", flush=True)
+    # The check trains in a worker process (one core) while this one reads
+    # the runs' event files (the other core).
+    with concurrent.futures.ProcessPoolExecutor(
+        1, mp_context=multiprocessing.get_context("spawn"), initializer=sweep_worker.init_worker
+    ) as pool:
+        gb_future = pool.submit(
+            reproduce.glorot_bengio, out, seeds=seeds, epochs=5 if not quick else 3
+        )
+        groups = reproduce.collect(groups, out)
+        return groups, gb_future.result()
+
+
+def _meta(
+    argv: list[str] | None,
+    args: argparse.Namespace,
+    seeds: list[int],
+    b_seeds: list[int],
+    epochs: int | None,
+) -> dict:
+    """What docs/results.md says about the invocation, the machine and the versions."""
+    import keras
+    import tensorflow as tf
+
+    return {
+        "command": " ".join(
+            ["scripts/reproduce.py", *(argv if argv is not None else sys.argv[1:])]
+        ),
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{os.cpu_count()} CPU cores, {platform.machine()}, no GPU",
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "seeds": ", ".join(map(str, seeds)),
+        "b_seeds": ", ".join(map(str, b_seeds)),
+        # Without an override, the page says the studies' own epochs.
+        **({"epochs": epochs} if epochs else {}),
+        "workers": args.workers or os.cpu_count(),
+        "study_a_loop": args.loop,
+    }
 
 
 if __name__ == "__main__":

@@ -32,6 +32,14 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p.add_argument(
         "--preset", choices=tuple(PRESETS), help=f"a reference configuration ({presets})"
     )
+    _add_model_flags(p)
+    _add_training_flags(p)
+    _add_run_flags(p)
+    return p
+
+
+def _add_model_flags(p: argparse.ArgumentParser) -> None:
+    """The model: activation, initializers, depth and width."""
     p.add_argument(
         "--act",
         help=f"hidden activation: {', '.join(NAMED_ACTIVATIONS)} or any Keras "
@@ -48,6 +56,10 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     )
     p.add_argument("--depth", type=cli.positive_int, help="hidden layers (default 5)")
     p.add_argument("--width", type=cli.positive_int, help="units per hidden layer (default 5)")
+
+
+def _add_training_flags(p: argparse.ArgumentParser) -> None:
+    """How it trains: optimizer, epochs, batches, data and loop."""
     p.add_argument("--optimizer", choices=OPTIMIZERS, help="optimizer (default sgd)")
     p.add_argument(
         "--lr",
@@ -67,6 +79,10 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         choices=LOOPS,
         help="fit: model.fit + GradientTensorBoard; tape: train_with_tape (default fit)",
     )
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    """The run: its folder, seed, what it logs, devices and output."""
     p.add_argument("--logdir", default="logs", help="folder of runs (default logs)")
     p.add_argument(
         "--run-name", help="run folder name (default derived from the config; never reused)"
@@ -96,7 +112,6 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         "CPUs; --batch-size is the global batch) (default 1)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p
 
 
 def config_from_args(args: argparse.Namespace):

@@ -359,6 +359,13 @@ def bench_workload(
                         f"{workload.name} repeat {r + 1}/{repeats} {variant}: first epoch "
                         f"{result[0]:.2f}s, then {result[1]:.1f} ms/epoch, total {result[2]:.2f}s"
                     )
+    return _median_rows(workload, variants, epochs, results)
+
+
+def _median_rows(
+    workload: Workload, variants: Sequence[str], epochs: int, results: dict[str, list[tuple]]
+) -> list[Row]:
+    """One row of medians per variant, with its ratios to :data:`FLOOR`."""
     rows = []
     for variant in variants:
         first, steady, total, size, params = zip(*results[variant])
@@ -400,52 +407,70 @@ def bench_train_step(
     ``steps`` steps each, after a warm-up. Returns one row per variant with
     the median ms per step and its ratio to the same step without them.
     """
-    import keras
     import tensorflow as tf
-
-    from tbgrad.hook import OptimizerHook
-    from tbgrad.stats import GradientStats, kernel_layers
 
     model, optimizer = _model(workload)
     optimizer.build(model.trainable_variables)
     x, y, _ = load_data(workload, workload.batch_size)
-    xb = tf.constant(x[: workload.batch_size])
-    yb = tf.constant(y[: workload.batch_size].reshape(-1, 1))
-    loss_fn = keras.losses.BinaryCrossentropy()
-
-    def make_step(xla: bool, stats: bool):
-        def step(xb, yb):
-            with tf.GradientTape() as tape:
-                loss = loss_fn(yb, model(xb, training=True))
-            grads = tape.gradient(loss, model.trainable_variables)
-            optimizer.apply(grads, model.trainable_variables)
-            return loss
-
-        compiled = tf.function(step, jit_compile=xla)
-        if stats:
-            # The hook is read when the step is traced: trace it installed.
-            with OptimizerHook(optimizer, GradientStats(kernel_layers(model), jit_compile=xla)):
-                compiled(xb, yb)
-        return compiled
-
+    batch = (
+        tf.constant(x[: workload.batch_size]),
+        tf.constant(y[: workload.batch_size].reshape(-1, 1)),
+    )
     fns = {
-        name: make_step(xla="xla" in name, stats=name.endswith("+stats")) for name in STEP_VARIANTS
+        name: _train_step(model, optimizer, batch, xla="xla" in name, stats=name.endswith("+stats"))
+        for name in STEP_VARIANTS
     }
     times: dict[str, list[float]] = {name: [] for name in STEP_VARIANTS}
     for r in range(rounds + 1):  # round 0 warms up
         for name, fn in fns.items():
-            start = time.perf_counter()
-            for _ in range(steps):
-                loss = fn(xb, yb)
-            float(loss)
+            ms = _time_steps(fn, batch, steps)
             if r:
-                times[name].append((time.perf_counter() - start) / steps * 1000)
+                times[name].append(ms)
         if r and progress:
             progress(
                 f"{workload.name} round {r}/{rounds}: "
                 + ", ".join(f"{n} {times[n][-1]:.2f}" for n in STEP_VARIANTS)
                 + " ms/step"
             )
+    return _step_rows(workload, times)
+
+
+def _train_step(model, optimizer, batch, xla: bool, stats: bool):
+    """The compiled train step on ``batch``, traced with tbgrad's optimizer hook if ``stats``."""
+    import keras
+    import tensorflow as tf
+
+    from tbgrad.hook import OptimizerHook
+    from tbgrad.stats import GradientStats, kernel_layers
+
+    loss_fn = keras.losses.BinaryCrossentropy()
+
+    def step(xb, yb):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(yb, model(xb, training=True))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply(grads, model.trainable_variables)
+        return loss
+
+    compiled = tf.function(step, jit_compile=xla)
+    if stats:
+        # The hook is read when the step is traced: trace it installed.
+        with OptimizerHook(optimizer, GradientStats(kernel_layers(model), jit_compile=xla)):
+            compiled(*batch)
+    return compiled
+
+
+def _time_steps(fn, batch, steps: int) -> float:
+    """Milliseconds per step of ``steps`` calls of ``fn`` on ``batch``."""
+    start = time.perf_counter()
+    for _ in range(steps):
+        loss = fn(*batch)
+    float(loss)
+    return (time.perf_counter() - start) / steps * 1000
+
+
+def _step_rows(workload: Workload, times: dict[str, list[float]]) -> list[dict]:
+    """One row per step variant: its median and the ratio to the plain step."""
     rows = []
     for name in STEP_VARIANTS:
         ms = statistics.median(times[name])

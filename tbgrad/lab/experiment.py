@@ -23,6 +23,8 @@ from tbgrad.lab.runs import create_run_dir
 from tbgrad.tape import train_with_tape
 from tbgrad.verdict import verdict_of
 
+# The run folder's record of its config and final figures; a sweep counts a
+# run folder holding it as finished.
 RESULT_FILE = "tbgrad_run.json"
 # The studies' validation sets (500 or 1,000 samples) are evaluated in one
 # step each epoch rather than in training-sized batches: the same loss and
@@ -121,51 +123,66 @@ def run(
     if on_start is not None:
         on_start(run_dir)
     start = time.perf_counter()
-    validation = (data.x_test, data.y_test)
     if config.loop == "fit":
-        with strategy.scope():
-            model.compile(
-                optimizer,
-                "binary_crossentropy",
-                metrics=["accuracy"],
-                steps_per_execution=_steps_per_execution(config, len(data.x_train)),
-            )
-        callback = GradientTensorBoard(
-            run_dir, histogram_freq=config.histogram_freq, update_freq=config.update_freq
-        )
-        callbacks = [callback] + ([EpochProgress(config.epochs)] if verbose else [])
-        try:
-            history = model.fit(
-                data.x_train,
-                data.y_train,
-                epochs=config.epochs,
-                batch_size=config.batch_size,
-                validation_data=validation,
-                validation_batch_size=VALIDATION_BATCH_SIZE,
-                callbacks=callbacks,
-                verbose=0,
-            ).history
-        finally:
-            # On an exception fit skips on_train_end: close the files anyway
-            # so that every finished epoch stays readable.
-            callback.close()
+        history = _fit(config, data, model, optimizer, strategy, run_dir, verbose)
     else:
-        history = train_with_tape(
-            model,
+        history = _tape(config, data, model, optimizer, run_dir, verbose)
+    return _result(config, run_dir, data, model, history, time.perf_counter() - start)
+
+
+def _fit(config: RunConfig, data, model, optimizer, strategy, run_dir: Path, verbose: int) -> dict:
+    """Trains with ``model.fit`` and :class:`GradientTensorBoard`; returns the history."""
+    with strategy.scope():
+        model.compile(
+            optimizer,
+            "binary_crossentropy",
+            metrics=["accuracy"],
+            steps_per_execution=_steps_per_execution(config, len(data.x_train)),
+        )
+    callback = GradientTensorBoard(
+        run_dir, histogram_freq=config.histogram_freq, update_freq=config.update_freq
+    )
+    callbacks = [callback] + ([EpochProgress(config.epochs)] if verbose else [])
+    try:
+        return model.fit(
             data.x_train,
             data.y_train,
             epochs=config.epochs,
             batch_size=config.batch_size,
-            optimizer=optimizer,
-            validation_data=validation,
+            validation_data=(data.x_test, data.y_test),
             validation_batch_size=VALIDATION_BATCH_SIZE,
-            log_dir=run_dir,
-            histogram_freq=config.histogram_freq,
-            update_freq=config.update_freq,
-            seed=config.seed,
-            verbose=verbose,
-        )
-    seconds = time.perf_counter() - start
+            callbacks=callbacks,
+            verbose=0,
+        ).history
+    finally:
+        # On an exception fit skips on_train_end: close the files anyway
+        # so that every finished epoch stays readable.
+        callback.close()
+
+
+def _tape(config: RunConfig, data, model, optimizer, run_dir: Path, verbose: int) -> dict:
+    """Trains with :func:`tbgrad.train_with_tape`; returns the history."""
+    return train_with_tape(
+        model,
+        data.x_train,
+        data.y_train,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        optimizer=optimizer,
+        validation_data=(data.x_test, data.y_test),
+        validation_batch_size=VALIDATION_BATCH_SIZE,
+        log_dir=run_dir,
+        histogram_freq=config.histogram_freq,
+        update_freq=config.update_freq,
+        seed=config.seed,
+        verbose=verbose,
+    )
+
+
+def _result(
+    config: RunConfig, run_dir: Path, data, model, history: dict, seconds: float
+) -> RunResult:
+    """The trained model's figures on all of both halves, and the run's verdict."""
     train_loss, train_acc = evaluate(model, data.x_train, data.y_train)
     test_loss, test_acc = evaluate(model, data.x_test, data.y_test)
     result = RunResult(
@@ -183,7 +200,7 @@ def run(
 
 
 def write_result(result: RunResult) -> Path:
-    """Writes ``tbgrad_run.json`` (config and final figures) into the run folder."""
+    """Writes :data:`RESULT_FILE` (config and final figures) into the run folder."""
     path = result.run_dir / RESULT_FILE
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result.to_dict(), indent=2, sort_keys=True))
@@ -206,7 +223,7 @@ def evaluate(model: keras.Model, x, y) -> tuple[float, float]:
 
     One forward pass over every sample: what ``model.evaluate`` reports, up
     to float32 rounding, without tracing its test function for a couple of
-    calls (half a second a run on the studies' models).
+    calls.
     """
     pred = model(np.asarray(x, "float32"), training=False)
     y = np.asarray(y, "float32").reshape(tuple(pred.shape))

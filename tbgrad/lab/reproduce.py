@@ -6,8 +6,9 @@ the fit path and the tape path) and the studies' suggested extensions (tanh
 depth 1-10 at width 5 and 25, Xavier init and Adam for the deep tanh model),
 over several seeds. :func:`run_all` trains them in parallel through
 :func:`tbgrad.lab.sweep.run_sweep`, logging every run with tbgrad;
-:func:`summarize` reads the runs back and :func:`write_results` writes
-``docs/results.md`` with the reported figures next to ours.
+:func:`collect` reads the runs back and :func:`results_markdown` writes the
+text of ``docs/results.md``, the reported figures (:mod:`tbgrad.lab.reported`)
+next to ours.
 """
 
 from __future__ import annotations
@@ -20,33 +21,34 @@ from pathlib import Path
 
 import numpy as np
 
+from tbgrad.lab import reported
 from tbgrad.lab.averages import geomean
 from tbgrad.lab.config import RunConfig, make_config
+from tbgrad.lab.experiment import RESULT_FILE
 from tbgrad.lab.glorot_check import flatness
+from tbgrad.lab.reported import MARGIN, NOTES, REPORTED, REPORTED_NUMBERS
 
 SEEDS = (1, 2, 3, 4, 5)
 B_SEEDS = (42, 43, 44, 45, 46)
 QUICK_EPOCHS = 30
+# The extensions' grid of the deep tanh model.
+GRID_DEPTHS = range(1, 11)
+GRID_WIDTHS = (5, 25)
 
-# Figures as reported by the reference studies (shared/experiments.md).
-REPORTED = {
-    "A1": "train 0.816 / test 0.816",
-    "A2": "train 0.530 / test 0.468 (fails to learn)",
-    "A3": "train 0.836 / test 0.840",
-    "A4": "still learns",
-    "A5": "no longer learns",
-    "B-warmup-relu": "accuracy 0.973",
-    "B-warmup-sigmoid": "accuracy 0.654",
-    "B-warmup-sigmoid3": "accuracy 0.533",
-    "B-sigmoid-fit": "loss 0.665, accuracy 0.588",
-    "B-tanh-fit": "loss 0.0129, accuracy 0.993",
-    "B-relu-fit": "loss 0.0169, accuracy 0.994",
-    "B-sigmoid-tape": "accuracy 0.500 -> 0.652",
-    "B-tanh-tape": "accuracy 0.502 -> 0.994",
-    "B-relu-tape": "accuracy 0.503 -> 0.995",
-    "A2-xavier": "proposed, no figure",
-    "A2-adam": "proposed, no figure",
+STUDY_A_TITLES = {
+    "A1": "A1: 1 x tanh, uniform01, SGD",
+    "A2": "A2: 5 x tanh, uniform01, SGD",
+    "A3": "A3: 5 x relu, He uniform, SGD",
+    "A4": "A4: 15 x relu, He uniform, SGD",
+    "A5": "A5: 20 x relu, He uniform, SGD",
 }
+# Study B's warm-up models: key -> (title, activation, depth).
+B_WARMUPS = {
+    "B-warmup-relu": ("B warm-up: Dense(5, relu) + output, Adam", "relu", 1),
+    "B-warmup-sigmoid": ("B warm-up: Dense(5, sigmoid) + output, Adam", "sigmoid", 1),
+    "B-warmup-sigmoid3": ("B warm-up: 3 x Dense(5, sigmoid) + output, Adam", "sigmoid", 3),
+}
+B_WARMUP_FIELDS = dict(optimizer="adam", epochs=100, dataset="circles-b", init="glorot_uniform")
 
 
 @dataclass
@@ -59,6 +61,67 @@ class Group:
     reported: str = ""
     runs: list[dict] = field(default_factory=list)
     summaries: list = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Planner:
+    """Builds the groups of :func:`plan`, each configuration over its seeds."""
+
+    seeds: list[int]
+    b_seeds: list[int]
+    epochs: int | None
+    study_a_loop: str
+
+    def over(self, base: RunConfig, seeds: list[int]) -> list[RunConfig]:
+        out = []
+        for seed in seeds:
+            config = replace(base, seed=seed)
+            if self.epochs is not None:
+                config = replace(config, epochs=self.epochs)
+            out.append(config.validate())
+        return out
+
+    def study_a(self, key: str, title: str, preset: str, **overrides) -> Group:
+        # Built without the preset's name so that A1/A2 and the identical
+        # points of the depth grid share their runs.
+        base = replace(make_config(preset, loop=self.study_a_loop, **overrides), preset=None)
+        return Group(key, title, self.over(base, self.seeds))
+
+    def study_a_groups(self, keys: Iterable[str]) -> list[Group]:
+        return [self.study_a(key, STUDY_A_TITLES[key], key) for key in keys]
+
+    def study_b_groups(self) -> list[Group]:
+        groups = []
+        for key, (title, act, depth) in B_WARMUPS.items():
+            base = make_config(act=act, depth=depth, **B_WARMUP_FIELDS)
+            groups.append(Group(key, title, self.over(base, self.b_seeds)))
+        for act in ("sigmoid", "tanh", "relu"):
+            for loop in ("fit", "tape"):
+                title = f"B: 4 x {act}, RandomNormal(0, 1), RMSprop ({loop})"
+                configs = self.over(make_config(f"B-{act}", loop=loop), self.b_seeds)
+                groups.append(Group(f"B-{act}-{loop}", title, configs))
+        return groups
+
+    def extension_groups(self) -> list[Group]:
+        groups = [
+            self.study_a(
+                f"tanh-d{depth}-w{width}",
+                f"tanh, uniform01, depth {depth}, width {width}",
+                "A2",
+                depth=depth,
+                width=width,
+            )
+            for width in GRID_WIDTHS
+            for depth in GRID_DEPTHS
+        ]
+        return groups + [
+            self.study_a(
+                "A2-xavier", "A2 with Xavier (Glorot uniform) init", "A2", init="glorot_uniform"
+            ),
+            self.study_a(
+                "A2-adam", "A2 with Adam (lr 0.001)", "A2", optimizer="adam", lr=0.001, momentum=0.0
+            ),
+        ]
 
 
 def plan(
@@ -76,88 +139,18 @@ def plan(
         epochs: Overrides every configuration's epoch count (``--quick``).
         quick: Only the configurations the qualitative checks need.
         study_a_loop: The loop of study A's runs and the extensions. Both
-            loops log the same gradients (tests/test_training_paths.py); the
-            compiled tape loop is the faster one.
+            loops log the same gradients (tests/library/test_training_paths.py);
+            the compiled tape loop is the faster one.
     """
-    seeds, b_seeds = list(seeds), list(b_seeds)
-
-    def over(base: RunConfig, seed_list) -> list[RunConfig]:
-        out = []
-        for seed in seed_list:
-            config = replace(base, seed=seed)
-            if epochs is not None:
-                config = replace(config, epochs=epochs)
-            out.append(config.validate())
-        return out
-
-    def study_a(preset: str, **overrides) -> RunConfig:
-        # Built without the preset's name so that A1/A2 and the identical
-        # points of the depth grid share their runs.
-        base = make_config(preset, loop=study_a_loop, **overrides)
-        return replace(base, preset=None)
-
-    groups = [
-        Group("A2", "A2: 5 x tanh, uniform01, SGD", over(study_a("A2"), seeds)),
-        Group("A3", "A3: 5 x relu, He uniform, SGD", over(study_a("A3"), seeds)),
-    ]
+    planner = _Planner(list(seeds), list(b_seeds), epochs, study_a_loop)
     if quick:
-        for group in groups:
-            group.reported = REPORTED.get(group.key, "")
-        return groups
-    groups = [
-        Group("A1", "A1: 1 x tanh, uniform01, SGD", over(study_a("A1"), seeds)),
-        *groups,
-        Group("A4", "A4: 15 x relu, He uniform, SGD", over(study_a("A4"), seeds)),
-        Group("A5", "A5: 20 x relu, He uniform, SGD", over(study_a("A5"), seeds)),
-    ]
-    warm = dict(optimizer="adam", epochs=100, dataset="circles-b", init="glorot_uniform")
-    groups += [
-        Group(
-            "B-warmup-relu",
-            "B warm-up: Dense(5, relu) + output, Adam",
-            over(make_config(act="relu", depth=1, **warm), b_seeds),
-        ),
-        Group(
-            "B-warmup-sigmoid",
-            "B warm-up: Dense(5, sigmoid) + output, Adam",
-            over(make_config(act="sigmoid", depth=1, **warm), b_seeds),
-        ),
-        Group(
-            "B-warmup-sigmoid3",
-            "B warm-up: 3 x Dense(5, sigmoid) + output, Adam",
-            over(make_config(act="sigmoid", depth=3, **warm), b_seeds),
-        ),
-    ]
-    for act in ("sigmoid", "tanh", "relu"):
-        for loop in ("fit", "tape"):
-            groups.append(
-                Group(
-                    f"B-{act}-{loop}",
-                    f"B: 4 x {act}, RandomNormal(0, 1), RMSprop ({loop})",
-                    over(make_config(f"B-{act}", loop=loop), b_seeds),
-                )
-            )
-    for width in (5, 25):
-        for depth in range(1, 11):
-            groups.append(
-                Group(
-                    f"tanh-d{depth}-w{width}",
-                    f"tanh, uniform01, depth {depth}, width {width}",
-                    over(study_a("A2", depth=depth, width=width), seeds),
-                )
-            )
-    groups += [
-        Group(
-            "A2-xavier",
-            "A2 with Xavier (Glorot uniform) init",
-            over(study_a("A2", init="glorot_uniform"), seeds),
-        ),
-        Group(
-            "A2-adam",
-            "A2 with Adam (lr 0.001)",
-            over(study_a("A2", optimizer="adam", lr=0.001, momentum=0.0), seeds),
-        ),
-    ]
+        groups = planner.study_a_groups(("A2", "A3"))
+    else:
+        groups = [
+            *planner.study_a_groups(STUDY_A_TITLES),
+            *planner.study_b_groups(),
+            *planner.extension_groups(),
+        ]
     for group in groups:
         group.reported = REPORTED.get(group.key, "")
     return groups
@@ -226,23 +219,28 @@ def collect(groups: list[Group], out_dir: Path) -> list[Group]:
             if summary is None:
                 continue
             group.summaries.append(summary)
-            result = load_json(summary.path / "tbgrad_run.json")
-            row = {
-                "name": summary.name,
-                "seed": config.seed,
-                "train_accuracy": result["train_accuracy"],
-                "test_accuracy": result["test_accuracy"],
-                "train_loss": result["train_loss"],
-                "seconds": result["seconds"],
-                "verdict": summary.verdict.label,
-                "weakest_ratio": summary.verdict.weakest_ratio,
-                "grad_ratio": summary.grad_ratio,
-                "grad_mean_abs": summary.grad_mean_abs,
-            }
+            row = _run_row(config, summary)
             if group.key.endswith("-tape") and group.key.startswith("B-"):
                 row["initial_accuracy"] = initial_accuracy(config)
             group.runs.append(row)
     return groups
+
+
+def _run_row(config: RunConfig, summary) -> dict:
+    """One run's figures: its stored result and its report summary."""
+    result = load_json(summary.path / RESULT_FILE)
+    return {
+        "name": summary.name,
+        "seed": config.seed,
+        "train_accuracy": result["train_accuracy"],
+        "test_accuracy": result["test_accuracy"],
+        "train_loss": result["train_loss"],
+        "seconds": result["seconds"],
+        "verdict": summary.verdict.label,
+        "weakest_ratio": summary.verdict.weakest_ratio,
+        "grad_ratio": summary.grad_ratio,
+        "grad_mean_abs": summary.grad_mean_abs,
+    }
 
 
 # -- Glorot & Bengio -------------------------------------------------------------
@@ -337,78 +335,102 @@ def qualitative_checks(groups: list[Group], gb: dict) -> list[tuple[str, bool, s
 
 # -- figures -----------------------------------------------------------------------
 
+# The configurations whose first seed gets its own panels.
+RUN_FIGURES = ("A2", "A3", "B-sigmoid-fit", "B-tanh-fit", "B-relu-fit", "B-sigmoid-tape")
+
 
 def write_figures(groups: list[Group], gb: dict, figures_dir: Path) -> dict[str, Path]:
     """Writes the figures of docs/results.md; returns {name: path}."""
-    from matplotlib.figure import Figure
-
-    from tbgrad.lab.report import figure_name, write_run_figure, write_sweep_figure
-
     figures_dir = Path(figures_dir)
     figures_dir.mkdir(parents=True, exist_ok=True)
     by_key = {g.key: g for g in groups}
-    out: dict[str, Path] = {}
+    out = _run_figures(by_key, figures_dir)
+    depth_sweep = _depth_sweep_figure(groups, by_key, figures_dir)
+    if depth_sweep is not None:
+        out["depth_sweep"] = depth_sweep
+    pair = [by_key[k] for k in ("A2", "A3") if k in by_key and by_key[k].summaries]
+    if pair:
+        out["weight_l1"] = _weight_l1_figure(pair, figures_dir / "weight_l1.png")
+    if gb:
+        out["glorot"] = _glorot_figure(gb, figures_dir / "glorot_bengio.png")
+    return out
 
-    # Per-run panels of the first seed of the headline configurations.
-    for key in ("A2", "A3", "B-sigmoid-fit", "B-tanh-fit", "B-relu-fit", "B-sigmoid-tape"):
+
+def _run_figures(by_key: dict[str, Group], figures_dir: Path) -> dict[str, Path]:
+    """Per-run panels of the first seed of the headline configurations."""
+    from tbgrad.lab.report import figure_name, write_run_figure
+
+    out = {}
+    for key in RUN_FIGURES:
         group = by_key.get(key)
         if group and group.summaries:
             summary = group.summaries[0]
             out[key] = write_run_figure(summary, figures_dir / f"{key}__{figure_name(summary)}")
+    return out
 
-    # Accuracy and gradient ratio against depth, width 5 and 25.
+
+def _depth_sweep_figure(
+    groups: list[Group], by_key: dict[str, Group], figures_dir: Path
+) -> Path | None:
+    """Accuracy and gradient ratio against depth, width 5 and 25, with relu + He."""
+    from tbgrad.lab.report import write_sweep_figure
+
     grid = [s for g in groups if g.key.startswith("tanh-d") for s in g.summaries]
     relu = [s for key in ("A3", "A4", "A5") if key in by_key for s in by_key[key].summaries]
-    if grid:
-        path = write_sweep_figure(grid + relu, figures_dir / "depth_sweep.png")
-        if path is not None:
-            out["depth_sweep"] = path
+    if not grid:
+        return None
+    return write_sweep_figure(grid + relu, figures_dir / "depth_sweep.png")
 
-    # Weight L1 norm per layer over epochs (the study's "how much each layer changes").
-    pair = [by_key[k] for k in ("A2", "A3") if k in by_key and by_key[k].summaries]
-    if pair:
-        fig = Figure(figsize=(12, 4), dpi=100, layout="constrained")
-        axes = fig.subplots(1, len(pair), squeeze=False)[0]
-        for ax, group in zip(axes, pair):
-            train = group.summaries[0].data.train
-            for tag in [t for t in train.scalars if t.startswith("weight_l1/")]:
-                ax.plot(train.steps(tag), train.scalar(tag), label=tag.split("/", 1)[1])
-            ax.set_title(f"{group.title}: weight L1 norm per layer")
-            ax.set_xlabel("epoch")
-            ax.set_yscale("log")
-            ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize="small")
-        out["weight_l1"] = _save(fig, figures_dir / "weight_l1.png")
 
-    if gb:
-        fig = Figure(figsize=(12, 4), dpi=100, layout="constrained")
-        axes = fig.subplots(1, 2)
-        for ax, key, title in (
-            (axes[0], "at_init", "at initialization"),
-            (axes[1], "after", "after training"),
+def _weight_l1_figure(pair: list[Group], path: Path) -> Path:
+    """Weight L1 norm per layer over epochs (the study's "how much each layer changes")."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12, 4), dpi=100, layout="constrained")
+    axes = fig.subplots(1, len(pair), squeeze=False)[0]
+    for ax, group in zip(axes, pair):
+        train = group.summaries[0].data.train
+        for tag in [t for t in train.scalars if t.startswith("weight_l1/")]:
+            ax.plot(train.steps(tag), train.scalar(tag), label=tag.split("/", 1)[1])
+        ax.set_title(f"{group.title}: weight L1 norm per layer")
+        ax.set_xlabel("epoch")
+        ax.set_yscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def _glorot_figure(gb: dict, path: Path) -> Path:
+    """The per-layer std of dL/dh, standard vs Glorot init, before and after training."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12, 4), dpi=100, layout="constrained")
+    axes = fig.subplots(1, 2)
+    for ax, key, title in (
+        (axes[0], "at_init", "at initialization"),
+        (axes[1], "after", "after training"),
+    ):
+        for init, label in (
+            ("standard", "standard U[-1/√n, 1/√n]"),
+            ("glorot_uniform", "Glorot (normalized)"),
         ):
-            for init, label in (
-                ("standard", "standard U[-1/√n, 1/√n]"),
-                ("glorot_uniform", "Glorot (normalized)"),
-            ):
-                values = gb[init][key]
-                layers = np.arange(1, values.shape[1] + 1)
-                ax.errorbar(
-                    layers,
-                    values.mean(axis=0),
-                    yerr=values.std(axis=0),
-                    marker="o",
-                    label=label,
-                    capsize=3,
-                )
-            ax.set_yscale("log")
-            ax.set_xlabel("hidden layer (1 = next to the input)")
-            ax.set_ylabel("std of dL/dh")
-            ax.set_title(f"back-propagated gradient, deep tanh MLP, {title}")
-            ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize="small")
-        out["glorot"] = _save(fig, figures_dir / "glorot_bengio.png")
-    return out
+            values = gb[init][key]
+            layers = np.arange(1, values.shape[1] + 1)
+            ax.errorbar(
+                layers,
+                values.mean(axis=0),
+                yerr=values.std(axis=0),
+                marker="o",
+                label=label,
+                capsize=3,
+            )
+        ax.set_yscale("log")
+        ax.set_xlabel("hidden layer (1 = next to the input)")
+        ax.set_ylabel("std of dL/dh")
+        ax.set_title(f"back-propagated gradient, deep tanh MLP, {title}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize="small")
+    return _save(fig, path)
 
 
 def _save(fig, path: Path) -> Path:
@@ -417,89 +439,33 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-# -- docs/results.md -----------------------------------------------------------------
+# -- comparison with the reported figures --------------------------------------------
 
-# Reported accuracies as numbers, for the automatic comparison: (train, test)
-# for study A, (accuracy,) for study B's fit and warm-up runs (training data),
-# (before, after) for study B's tape loop.
-REPORTED_NUMBERS = {
-    "A1": (0.816, 0.816),
-    "A2": (0.530, 0.468),
-    "A3": (0.836, 0.840),
-    "B-warmup-relu": (0.973,),
-    "B-warmup-sigmoid": (0.654,),
-    "B-warmup-sigmoid3": (0.533,),
-    "B-sigmoid-fit": (0.588,),
-    "B-tanh-fit": (0.993,),
-    "B-relu-fit": (0.994,),
-    "B-sigmoid-tape": (0.500, 0.652),
-    "B-tanh-tape": (0.502, 0.994),
-    "B-relu-tape": (0.503, 0.995),
-}
-# What counts as a difference: the reported figure lies outside our mean
-# +/- max(2 std over seeds, this margin).
-MARGIN = 0.03
 
-# Explanations of known differences, per table row, written from the runs
-# (keys starting with "_" are general remarks printed after the list).
-NOTES: dict[str, str] = {
-    "A2": "A2 is seed-sensitive: with RandomUniform(0, 1) the middle and last hidden "
-    "layers' gradients are 20 to 300 times smaller than the output layer's for the "
-    "first ~200 epochs (verdict: vanishing), but in most seeds they recover and the "
-    "model starts to learn late, ending between chance and 0.65. The study reports "
-    "one run, at chance level; our runs that never recover match it.",
-    "A1": "A1 is within a few points of the report; the study's one run and our "
-    "seeds differ in initial weights and shuffling (Keras 3 draws both from other "
-    "random streams than the Keras 2 of the study).",
-    "B-sigmoid-fit": "B-sigmoid is seed-sensitive: RMSprop slowly moves the first "
-    "layer's weights (study B: only the first layer's weights spread out) and, "
-    "depending on the seed, the model partly learns the circles within 100 epochs "
-    "or stays near the study's 0.588. Every seed reads vanishing.",
-    "B-sigmoid-tape": "As for B-sigmoid (fit): seed-sensitive; every seed reads vanishing.",
-    "_general": "Study A's configurations A4 and A5 are reported qualitatively "
-    '("still learns", "no longer learns"): here a 15- or 20-layer relu network '
-    "either learns like A3 or never leaves chance, depending on the seed (a dead "
-    "relu path at initialization); the verdict reads vanishing exactly for the seeds "
-    "that stay at chance. The study's figures are single runs of Keras 2; ours "
-    "are Keras 3 (different random streams for initializers and shuffling), "
-    "so agreement is expected only within the spread across seeds. "
-    "In the depth grid, wider all-positive uniform01 layers fail sooner (width 25 stops "
-    "learning from depth 3, width 5 from depth 5): each unit sums more positive "
-    "weights, so tanh saturates earlier.",
-}
+def _compared(group: Group) -> tuple[str, ...]:
+    """The run fields that :data:`REPORTED_NUMBERS` gives for ``group``."""
+    if group.key.startswith("A"):
+        return ("train_accuracy", "test_accuracy")
+    if group.key.endswith("-tape"):
+        return ("initial_accuracy", "train_accuracy")
+    return ("train_accuracy",)
 
 
 def _ours(group: Group) -> tuple[float, ...]:
-    if group.key.startswith("A"):
-        return tuple(
-            mean_std([r[k] for r in group.runs])[0] for k in ("train_accuracy", "test_accuracy")
-        )
-    if group.key.endswith("-tape"):
-        return tuple(
-            mean_std([r[k] for r in group.runs])[0] for k in ("initial_accuracy", "train_accuracy")
-        )
-    return (mean_std([r["train_accuracy"] for r in group.runs])[0],)
+    return tuple(mean_std([r[k] for r in group.runs])[0] for k in _compared(group))
 
 
 def differences(groups: list[Group]) -> list[str]:
     """One plain sentence per row whose figures differ from the reported ones."""
     out = []
     for group in groups:
-        reported = REPORTED_NUMBERS.get(group.key)
-        if not reported or not group.runs:
+        reported_numbers = REPORTED_NUMBERS.get(group.key)
+        if not reported_numbers or not group.runs:
             continue
-        ours = _ours(group)
-        keys = (
-            ("train_accuracy", "test_accuracy")
-            if group.key.startswith("A")
-            else ("initial_accuracy", "train_accuracy")
-            if group.key.endswith("-tape")
-            else ("train_accuracy",)
-        )
-        stds = [mean_std([r[k] for r in group.runs])[1] for k in keys]
+        stds = [mean_std([r[k] for r in group.runs])[1] for k in _compared(group)]
         off = [
             f"{want:.3f} reported vs {got:.3f} ± {std:.3f} here"
-            for want, got, std in zip(reported, ours, stds)
+            for want, got, std in zip(reported_numbers, _ours(group), stds)
             if abs(want - got) > max(2 * std, MARGIN)
         ]
         note = NOTES.get(group.key, "")
@@ -508,6 +474,197 @@ def differences(groups: list[Group]) -> list[str]:
         elif note:
             out.append(f"- **{group.title}**: within the spread across seeds. {note}")
     return out
+
+
+# -- docs/results.md -----------------------------------------------------------------
+
+
+def results_markdown(
+    groups: list[Group], gb: dict, figures: dict[str, Path], meta: dict, doc_dir: Path
+) -> str:
+    """The text of docs/results.md."""
+    by_key = {g.key: g for g in groups}
+    images = _Images(figures, Path(doc_dir))
+    lines = [
+        *_intro(meta),
+        *_study_a(by_key, images),
+        *_study_b_warmup(by_key),
+        *_study_b(by_key, images),
+        *_depth_grid(by_key, images),
+        *_deep_tanh_variants(by_key),
+        *_weight_l1(images),
+        *_glorot(gb, images),
+        *_checks(meta.get("checks", [])),
+        *_paragraphs(reported.DIFFERENCES),
+        *(differences(groups) or [reported.NO_DIFFERENCES]),
+        "",
+    ]
+    for key, text in NOTES.items():
+        if key.startswith("_"):
+            lines += [text, ""]
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class _Images:
+    """The figures a page links to, relative to the page's folder."""
+
+    figures: dict[str, Path]
+    doc_dir: Path
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.figures
+
+    def lines(self, figures: Iterable[tuple[str, str]]) -> list[str]:
+        """An image line and an empty line per written figure of ``(key, caption)``."""
+        out = []
+        for key, caption in figures:
+            if key in self.figures:
+                path = Path(self.figures[key]).resolve().relative_to(self.doc_dir.resolve())
+                out += [f"![{caption}]({path.as_posix()})", ""]
+        return out
+
+
+def _intro(meta: dict) -> list[str]:
+    values = {**reported.INTRO_DEFAULTS, **meta}
+    return [reported.TITLE, "", *(line.format_map(values) for line in reported.INTRO)]
+
+
+def _paragraphs(section: reported.Section, **fields) -> list[str]:
+    """The section's paragraphs, each followed by an empty line, then its table header."""
+    lines = []
+    for text in section.paragraphs:
+        lines += [text.format(**fields) if fields else text, ""]
+    if section.columns:
+        lines.append(_header(*section.columns))
+    return lines
+
+
+def _with_runs(by_key: dict[str, Group], keys: Iterable[str]) -> list[Group]:
+    return [by_key[k] for k in keys if k in by_key and by_key[k].runs]
+
+
+def _study_a(by_key: dict[str, Group], images: _Images) -> list[str]:
+    section = reported.STUDY_A
+    lines = _paragraphs(section)
+    for g in _with_runs(by_key, section.rows):
+        cells = [
+            fmt([r["train_accuracy"] for r in g.runs]),
+            fmt([r["test_accuracy"] for r in g.runs]),
+            _verdicts(g.runs),
+            f"{geomean([r['weakest_ratio'] for r in g.runs]):.3g}",
+        ]
+        lines.append(_row(g, cells))
+    return [*lines, "", *images.lines(section.figures)]
+
+
+def _study_b_warmup(by_key: dict[str, Group]) -> list[str]:
+    section = reported.STUDY_B_WARMUP
+    rows = _with_runs(by_key, section.rows)
+    if not rows:
+        return []
+    lines = _paragraphs(section)
+    for g in rows:
+        cells = [
+            fmt([r["train_accuracy"] for r in g.runs]),
+            fmt([r["train_loss"] for r in g.runs], 4),
+            _verdicts(g.runs),
+        ]
+        lines.append(_row(g, cells))
+    return [*lines, ""]
+
+
+def _study_b(by_key: dict[str, Group], images: _Images) -> list[str]:
+    section = reported.STUDY_B
+    rows = _with_runs(by_key, section.rows)
+    if not rows:
+        return []
+    lines = _paragraphs(section)
+    for g in rows:
+        before = (
+            fmt([r["initial_accuracy"] for r in g.runs]) if "initial_accuracy" in g.runs[0] else "-"
+        )
+        cells = [
+            before,
+            fmt([r["train_accuracy"] for r in g.runs]),
+            fmt([r["train_loss"] for r in g.runs], 4),
+            _verdicts(g.runs),
+        ]
+        lines.append(_row(g, cells))
+    return [*lines, "", *images.lines(section.figures)]
+
+
+def _depth_grid(by_key: dict[str, Group], images: _Images) -> list[str]:
+    keys = [f"tanh-d{depth}-w{width}" for width in GRID_WIDTHS for depth in GRID_DEPTHS]
+    if not _with_runs(by_key, keys):
+        return []
+    section = reported.DEPTH_GRID
+    lines = _paragraphs(section)
+    for depth in GRID_DEPTHS:
+        cells = []
+        for g in (by_key.get(f"tanh-d{depth}-w{width}") for width in GRID_WIDTHS):
+            has_runs = g and g.runs
+            test_accuracy = fmt([r["test_accuracy"] for r in g.runs]) if has_runs else "-"
+            cells += [test_accuracy, _verdicts(g.runs) if has_runs else "-"]
+        lines.append(f"| {depth} | " + " | ".join(cells) + " |")
+    return [*lines, "", *images.lines(section.figures)]
+
+
+def _deep_tanh_variants(by_key: dict[str, Group]) -> list[str]:
+    section = reported.DEEP_TANH_VARIANTS
+    rows = _with_runs(by_key, section.rows)
+    if len(rows) < 2:
+        return []
+    lines = _paragraphs(section)
+    for g in rows:
+        lines.append(
+            f"| {g.title} | {fmt([r['train_accuracy'] for r in g.runs])} | "
+            f"{fmt([r['test_accuracy'] for r in g.runs])} | {_verdicts(g.runs)} | "
+            f"{geomean([r['weakest_ratio'] for r in g.runs]):.3g} |"
+        )
+    return [*lines, ""]
+
+
+def _weight_l1(images: _Images) -> list[str]:
+    section = reported.WEIGHT_L1
+    if "weight_l1" not in images:
+        return []
+    return [*_paragraphs(section), *images.lines(section.figures)]
+
+
+def _glorot(gb: dict, images: _Images) -> list[str]:
+    if not gb:
+        return []
+    section = reported.GLOROT
+    layers = len(gb["standard"]["at_init"][0])
+    lines = _paragraphs(section, layers=layers)
+    inits = ("standard", "glorot_uniform")
+    for i in range(layers):
+        cells = [
+            f"{gb[init][key][:, i].mean():.3g}" for key in ("at_init", "after") for init in inits
+        ]
+        lines.append(f"| {i + 1} | " + " | ".join(cells) + " |")
+    flat = {
+        (init, key): np.mean([flatness(p) for p in gb[init][key]])
+        for init in inits
+        for key in ("at_init", "after")
+    }
+    lines += [
+        f"| max / min | {flat['standard', 'at_init']:.3g} | "
+        f"{flat['glorot_uniform', 'at_init']:.3g} | "
+        f"{flat['standard', 'after']:.3g} | {flat['glorot_uniform', 'after']:.3g} |",
+        "",
+    ]
+    return lines + images.lines(section.figures)
+
+
+def _checks(checks: list[tuple[str, bool, str]]) -> list[str]:
+    if not checks:
+        return []
+    lines = _paragraphs(reported.CHECKS)
+    for name, passed, figures_text in checks:
+        lines.append(f"- {'reproduced' if passed else 'NOT reproduced'}: {name} ({figures_text}).")
+    return [*lines, ""]
 
 
 def _verdicts(runs: list[dict]) -> str:
@@ -523,231 +680,3 @@ def _header(*cells: str) -> str:
 
 def _row(group: Group, cells: list[str]) -> str:
     return "| " + " | ".join([group.title, group.reported or "-", *cells]) + " |"
-
-
-def results_markdown(
-    groups: list[Group], gb: dict, figures: dict[str, Path], meta: dict, doc_dir: Path
-) -> str:
-    """The text of docs/results.md."""
-
-    def rel(path: Path) -> str:
-        return Path(path).resolve().relative_to(Path(doc_dir).resolve()).as_posix()
-
-    def img(key: str, alt: str) -> list[str]:
-        return [f"![{alt}]({rel(figures[key])})", ""] if key in figures else []
-
-    by_key = {g.key: g for g in groups}
-    lines = [
-        "# Reproduction of the reference studies",
-        "",
-        "Generated by `python scripts/reproduce.py` "
-        f"({meta.get('command', '')}) on {meta.get('date', '')}; do not edit by hand.",
-        "",
-        f"- Machine: {meta.get('machine', '')}; Python {meta.get('python', '')}, "
-        f"TensorFlow {meta.get('tensorflow', '')}, Keras {meta.get('keras', '')}.",
-        f"- Seeds: {meta.get('seeds', '')} (study B: {meta.get('b_seeds', '')}); "
-        f"epochs: {meta.get('epochs', 'as in the studies (A: 500, B: 100)')}; "
-        f"{meta.get('runs', '?')} runs, {meta.get('run_minutes', '?')} minutes of training "
-        f"summed over the runs (each run's own wall time), with "
-        f"{meta.get('workers', '?')} worker processes; this invocation took "
-        f"{meta.get('minutes', '?')} minutes (finished runs are reused, not retrained).",
-        f"- Study A's runs and the extensions use the `{meta.get('study_a_loop', 'tape')}` loop; "
-        "both loops log the same gradients (checked value by value in "
-        "`tests/test_training_paths.py`). Study B's model runs through both, as the study did.",
-        "- Figures are mean ± std over the seeds; accuracies are the trained model's on "
-        "every sample after training (`model.evaluate`'s, up to float32 rounding; "
-        "study A: train and test halves; study B: the training data). The verdict "
-        "and the weakest-layer ratio are those of `scripts/report.py` (README, 'Comparing runs').",
-        "",
-        "## Study A: vanishing gradients with tanh, fixed by relu + He",
-        "",
-        _header(
-            "configuration",
-            "reported",
-            "train accuracy",
-            "test accuracy",
-            "verdicts",
-            "weakest layer / output (median over epochs)",
-        ),
-    ]
-    for key in ("A1", "A2", "A3", "A4", "A5"):
-        g = by_key.get(key)
-        if g and g.runs:
-            lines.append(
-                _row(
-                    g,
-                    [
-                        fmt([r["train_accuracy"] for r in g.runs]),
-                        fmt([r["test_accuracy"] for r in g.runs]),
-                        _verdicts(g.runs),
-                        f"{geomean([r['weakest_ratio'] for r in g.runs]):.3g}",
-                    ],
-                )
-            )
-    lines.append("")
-    lines += img("A2", "A2 gradients, weights and loss")
-    lines += img("A3", "A3 gradients, weights and loss")
-    b_rows = [
-        k
-        for k in ("B-warmup-relu", "B-warmup-sigmoid", "B-warmup-sigmoid3")
-        if k in by_key and by_key[k].runs
-    ]
-    if b_rows:
-        lines += [
-            "## Study B: warm-up models (Adam, 100 epochs)",
-            "",
-            "| model | reported | accuracy (training data) | loss | verdicts |",
-            "|---|---|---|---|---|",
-        ]
-        for key in b_rows:
-            g = by_key[key]
-            lines.append(
-                _row(
-                    g,
-                    [
-                        fmt([r["train_accuracy"] for r in g.runs]),
-                        fmt([r["train_loss"] for r in g.runs], 4),
-                        _verdicts(g.runs),
-                    ],
-                )
-            )
-        lines.append("")
-    b_main = [f"B-{a}-{loop}" for a in ("sigmoid", "tanh", "relu") for loop in ("fit", "tape")]
-    b_main = [k for k in b_main if k in by_key and by_key[k].runs]
-    if b_main:
-        lines += [
-            "## Study B: 4 hidden layers, RandomNormal(0, 1), RMSprop, 100 epochs",
-            "",
-            _header(
-                "model (loop)",
-                "reported",
-                "accuracy before",
-                "accuracy after",
-                "loss after",
-                "verdicts",
-            ),
-        ]
-        for key in b_main:
-            g = by_key[key]
-            before = (
-                fmt([r["initial_accuracy"] for r in g.runs])
-                if "initial_accuracy" in g.runs[0]
-                else "-"
-            )
-            lines.append(
-                _row(
-                    g,
-                    [
-                        before,
-                        fmt([r["train_accuracy"] for r in g.runs]),
-                        fmt([r["train_loss"] for r in g.runs], 4),
-                        _verdicts(g.runs),
-                    ],
-                )
-            )
-        lines.append("")
-        for key in ("B-sigmoid-fit", "B-tanh-fit", "B-relu-fit", "B-sigmoid-tape"):
-            lines += img(key, f"{key}: gradients, weights and loss")
-    grid = [g for g in groups if g.key.startswith("tanh-d") and g.runs]
-    if grid:
-        lines += [
-            "## Extensions",
-            "",
-            "### tanh + uniform01, depth 1 to 10, width 5 and 25 (SGD, 500 epochs)",
-            "",
-            _header(
-                "depth",
-                "width 5: test accuracy",
-                "width 5: verdicts",
-                "width 25: test accuracy",
-                "width 25: verdicts",
-            ),
-        ]
-        for depth in range(1, 11):
-            cells = []
-            for width in (5, 25):
-                g = by_key.get(f"tanh-d{depth}-w{width}")
-                cells += (
-                    [fmt([r["test_accuracy"] for r in g.runs]), _verdicts(g.runs)]
-                    if g and g.runs
-                    else ["-", "-"]
-                )
-            lines.append(f"| {depth} | " + " | ".join(cells) + " |")
-        lines.append("")
-        lines += img("depth_sweep", "accuracy and gradient ratio against depth")
-    extra = [by_key[k] for k in ("A2", "A2-xavier", "A2-adam") if k in by_key and by_key[k].runs]
-    if len(extra) > 1:
-        lines += [
-            "### The deep tanh model (A2) with Xavier init, and with Adam",
-            "",
-            _header(
-                "configuration",
-                "train accuracy",
-                "test accuracy",
-                "verdicts",
-                "weakest layer / output",
-            ),
-        ]
-        for g in extra:
-            lines.append(
-                f"| {g.title} | {fmt([r['train_accuracy'] for r in g.runs])} | "
-                f"{fmt([r['test_accuracy'] for r in g.runs])} | {_verdicts(g.runs)} | "
-                f"{geomean([r['weakest_ratio'] for r in g.runs]):.3g} |"
-            )
-        lines.append("")
-    if "weight_l1" in figures:
-        lines += ["### How much each layer changes: weight L1 norm per epoch", ""]
-        lines += img("weight_l1", "weight L1 norm per layer, A2 and A3")
-    if gb:
-        layers = len(gb["standard"]["at_init"][0])
-        lines += [
-            "## Glorot & Bengio (2010): back-propagated gradients by layer",
-            "",
-            f"A tanh MLP of {layers} hidden layers, on study A's data; the std of dL/dh "
-            "(h: a hidden layer's output) over the training data, mean over seeds. Standard "
-            "init is U[-1/√n_in, 1/√n_in]; Glorot's is U[±√6/√(n_in + n_out)].",
-            "",
-            _header(
-                "hidden layer",
-                "standard, at init",
-                "Glorot, at init",
-                "standard, after training",
-                "Glorot, after training",
-            ),
-        ]
-        for i in range(layers):
-            cells = [
-                f"{gb[init][key][:, i].mean():.3g}"
-                for key in ("at_init", "after")
-                for init in ("standard", "glorot_uniform")
-            ]
-            cells = [cells[0], cells[1], cells[2], cells[3]]
-            lines.append(f"| {i + 1} | " + " | ".join(cells) + " |")
-        flat = {
-            (init, key): np.mean([flatness(p) for p in gb[init][key]])
-            for init in ("standard", "glorot_uniform")
-            for key in ("at_init", "after")
-        }
-        lines += [
-            f"| max / min | {flat['standard', 'at_init']:.3g} | "
-            f"{flat['glorot_uniform', 'at_init']:.3g} | "
-            f"{flat['standard', 'after']:.3g} | {flat['glorot_uniform', 'after']:.3g} |",
-            "",
-        ]
-        lines += img("glorot", "per-layer back-propagated gradient std, standard vs Glorot init")
-    checks = meta.get("checks", [])
-    if checks:
-        lines += ["## Qualitative findings", ""]
-        for name, passed, figures_text in checks:
-            lines.append(
-                f"- {'reproduced' if passed else 'NOT reproduced'}: {name} ({figures_text})."
-            )
-        lines.append("")
-    diffs = differences(groups)
-    lines += ["## Where our figures differ from the reported ones", ""]
-    lines += diffs or ["None beyond the spread across seeds."]
-    lines.append("")
-    for key, text in NOTES.items():
-        if key.startswith("_"):
-            lines += [text, ""]
-    return "\n".join(lines)

@@ -8,11 +8,12 @@
   ``spawn`` start method; each worker imports TensorFlow once and trains one
   run after another, single-threaded (many small runs side by side use the
   cores better than one run spread over all of them).
-- **Resumable.** A run folder holding ``tbgrad_run.json`` is finished: a
-  rerun skips it and returns its stored result. A run folder without it is
-  what an interrupted or failed run left behind; it is never mixed with a
-  new run: it is moved aside to ``<name>.incomplete-N`` (the first free N)
-  and the run starts again in a fresh ``<name>``. Delete the
+- **Resumable.** A run folder holding its result file
+  (:data:`tbgrad.lab.experiment.RESULT_FILE`) is finished: a rerun skips it
+  and returns its stored result. A run folder without it is what an
+  interrupted or failed run left behind; it is never mixed with a new run:
+  it is moved aside to ``<name>.incomplete-N`` (:data:`INCOMPLETE`, the
+  first free N) and the run starts again in a fresh ``<name>``. Delete the
   ``.incomplete-N`` folders once you no longer need them;
   :mod:`tbgrad.lab.report` ignores them.
 - **Failures stay local.** A run that raises is reported with its error
@@ -32,13 +33,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TextIO
+from typing import Literal, TextIO, get_args
 
 from tbgrad.lab import sweep_worker
 from tbgrad.lab.config import RunConfig
 from tbgrad.lab.experiment import RESULT_FILE
 
-DONE, SKIPPED, FAILED = "done", "skipped", "failed"
+Status = Literal["done", "skipped", "failed"]
+DONE, SKIPPED, FAILED = get_args(Status)
+# Marks a run folder moved aside: ``<name>.incomplete-N``.
 INCOMPLETE = ".incomplete-"
 
 
@@ -48,7 +51,7 @@ class SweepOutcome:
 
     config: RunConfig
     run_dir: Path
-    status: Literal["done", "skipped", "failed"]
+    status: Status
     error: str | None = None
     result: dict | None = None
     moved_aside: Path | None = None
@@ -82,6 +85,28 @@ def run_sweep(
         >>> outcomes = run_sweep(configs, "logs/sweep-act-depth")
     """
     configs = list(configs)
+    names = _run_names(configs, run_names)
+    if workers is not None and (
+        isinstance(workers, bool) or not isinstance(workers, int) or workers < 1
+    ):
+        raise ValueError(f"workers must be a positive integer. Received: workers={workers!r}")
+    root = Path(sweep_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    outcomes, todo = _sort_out(configs, names, root)
+    bar = _Progress(len(configs), stream or sys.stderr) if progress else None
+    if bar:
+        for outcome in outcomes:
+            if outcome.status == SKIPPED:
+                bar.update(outcome)
+    if todo:
+        _train(todo, root, min(workers or os.cpu_count() or 1, len(todo)), bar)
+    if bar:
+        bar.finish()
+    return outcomes
+
+
+def _run_names(configs: list[RunConfig], run_names: Sequence[str] | None) -> list[str]:
+    """The run folder names of ``configs``, checked to be one per config, distinct."""
     for config in configs:
         if not isinstance(config, RunConfig):
             raise TypeError(f"configs must hold RunConfig objects. Received: {config!r}")
@@ -97,55 +122,54 @@ def run_sweep(
             "two configs of the sweep share a run folder name; vary a field the run "
             f"name holds or pass run_names. Received: duplicate names {duplicates}"
         )
-    if workers is not None and (
-        isinstance(workers, bool) or not isinstance(workers, int) or workers < 1
-    ):
-        raise ValueError(f"workers must be a positive integer. Received: workers={workers!r}")
-    root = Path(sweep_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    stream = stream or sys.stderr
+    return names
 
-    outcomes: list[SweepOutcome | None] = [None] * len(configs)
-    todo = []
-    for i, (config, name) in enumerate(zip(configs, names)):
+
+def _sort_out(
+    configs: list[RunConfig], names: list[str], root: Path
+) -> tuple[list[SweepOutcome], list[tuple[str, SweepOutcome]]]:
+    """One outcome per config, and (run name, outcome) of the runs still to train.
+
+    A finished run is skipped with its stored result; an unfinished one is
+    moved aside and counts as failed until its rerun succeeds.
+    """
+    outcomes, todo = [], []
+    for config, name in zip(configs, names):
         run_dir = root / name
         stored = _read_result(run_dir)
         if stored is not None:
-            outcomes[i] = SweepOutcome(config, run_dir, SKIPPED, result=stored)
+            outcomes.append(SweepOutcome(config, run_dir, SKIPPED, result=stored))
             continue
         moved = _move_aside(run_dir) if run_dir.exists() else None
-        outcomes[i] = SweepOutcome(config, run_dir, FAILED, moved_aside=moved)
-        todo.append(i)
+        outcomes.append(SweepOutcome(config, run_dir, FAILED, moved_aside=moved))
+        todo.append((name, outcomes[-1]))
+    return outcomes, todo
 
-    bar = _Progress(len(configs), stream) if progress else None
-    if bar:
-        for outcome in outcomes:
-            if outcome.status == SKIPPED:
+
+def _train(
+    todo: list[tuple[str, SweepOutcome]], root: Path, workers: int, bar: _Progress | None
+) -> None:
+    """Trains each (run name, outcome) of ``todo`` in a pool of spawned workers,
+    filling in its outcome."""
+    context = multiprocessing.get_context("spawn")
+    with futures.ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=sweep_worker.init_worker
+    ) as pool:
+        pending = {
+            pool.submit(sweep_worker.train_one, outcome.config, str(root), name): outcome
+            for name, outcome in todo
+        }
+        for future in futures.as_completed(pending):
+            outcome = pending[future]
+            try:
+                outcome.result = future.result()
+                outcome.status = DONE
+            except futures.process.BrokenProcessPool as err:
+                outcome.error = f"the worker process died: {err}"
+            except Exception as err:  # noqa: BLE001 - one run's failure is reported
+                outcome.error = f"{type(err).__name__}: {err}"
+            if bar:
                 bar.update(outcome)
-    if todo:
-        workers = min(workers or os.cpu_count() or 1, len(todo))
-        context = multiprocessing.get_context("spawn")
-        with futures.ProcessPoolExecutor(
-            max_workers=workers, mp_context=context, initializer=sweep_worker.init_worker
-        ) as pool:
-            pending = {
-                pool.submit(sweep_worker.train_one, configs[i], str(root), names[i]): i
-                for i in todo
-            }
-            for future in futures.as_completed(pending):
-                outcome = outcomes[pending[future]]
-                try:
-                    outcome.result = future.result()
-                    outcome.status = DONE
-                except futures.process.BrokenProcessPool as err:
-                    outcome.error = f"the worker process died: {err}"
-                except Exception as err:  # noqa: BLE001 - one run's failure is reported
-                    outcome.error = f"{type(err).__name__}: {err}"
-                if bar:
-                    bar.update(outcome)
-    if bar:
-        bar.finish()
-    return outcomes
 
 
 def _read_result(run_dir: Path) -> dict | None:

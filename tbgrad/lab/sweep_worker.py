@@ -23,7 +23,7 @@ def init_worker() -> None:
 
 
 def train_one(config, sweep_dir: str, name: str) -> dict:
-    """Trains ``config`` into ``sweep_dir/name``; returns its tbgrad_run.json."""
+    """Trains ``config`` into ``sweep_dir/name``; returns its result file's contents."""
     from tbgrad.lab import experiment
 
     result = experiment.run(config, sweep_dir, run_name=name, verbose=0)
