@@ -96,7 +96,7 @@ INTRO = (
     "worker processes; this invocation took {minutes} minutes (finished runs are reused, "
     "not retrained).",
     "- Study A's runs and the extensions use the `{study_a_loop}` loop; both loops log the "
-    "same gradients (checked value by value in `tests/test_training_paths.py`). Study B's "
+    "same gradients (checked value by value in `tests/library/test_training_paths.py`). Study B's "
     "model runs through both, as the study did.",
     "- Figures are mean ± std over the seeds; accuracies are the trained model's on every "
     "sample after training (`model.evaluate`'s, up to float32 rounding; study A: train and "
