@@ -11,6 +11,7 @@ core ``/data/runs`` and ``/data/plugins_listing``
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -73,6 +74,8 @@ def server(logdir):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        # The working tree's tbgrad (its dashboard plugin), not an installed copy.
+        env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2])),
     )
     base = f"http://127.0.0.1:{port}"
     expected = {f"{name}/{split}" for name in RUNS for split in ("train", "validation")}

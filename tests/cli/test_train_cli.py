@@ -18,8 +18,17 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "train.py"
 
 
+def subprocess_env() -> dict[str, str]:
+    """The environment of every subprocess: the working tree's tbgrad first.
+
+    Without PYTHONPATH a non-editable install would run the installed copy,
+    not the code under test.
+    """
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
+
+
 def run_train(*args, cwd=None):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env = subprocess_env()
     return subprocess.run(
         [sys.executable, str(SCRIPT), *args],
         capture_output=True,
@@ -28,6 +37,30 @@ def run_train(*args, cwd=None):
         env=env,
         timeout=300,
     )
+
+
+def test_subprocesses_import_the_working_tree(tmp_path):
+    # From another folder, so that the current directory does not decide.
+    code = (
+        "import importlib.util, json, sys; "
+        "print(json.dumps([importlib.util.find_spec('tbgrad').origin, sys.path]))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=subprocess_env(),
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    origin, path = json.loads(proc.stdout)
+    assert Path(origin) == ROOT / "tbgrad" / "__init__.py"
+    # The working tree comes before every installed package (an editable
+    # install alone would put it after site-packages, or not on sys.path).
+    site = [i for i, p in enumerate(path) if "site-packages" in p]
+    assert str(ROOT) in path
+    assert path.index(str(ROOT)) < min(site, default=len(path)), path
 
 
 def test_preset_run_end_to_end(tmp_path):
@@ -89,11 +122,28 @@ def test_a_second_run_never_reuses_the_folder(tmp_path):
     first = run_train(*args)
     assert first.returncode == 0, first.stderr
     events = sorted((tmp_path / "same" / "train").iterdir())
+    before = _contents(tmp_path / "same")
+    assert "tbgrad_run.json" in before and any(k.startswith("train/") for k in before)
     second = run_train(*args)
     assert second.returncode == 0, second.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["same", "same-2"]
     assert sorted((tmp_path / "same" / "train").iterdir()) == events
     assert f"run folder: {tmp_path / 'same-2'}" in second.stdout
+    # The old run is untouched, byte for byte; the new one is a whole run.
+    assert _contents(tmp_path / "same") == before
+    assert f"run folder: {tmp_path / 'same'}\n" in first.stdout
+    new = load_run(tmp_path / "same-2")
+    assert new.train.steps("grad_mean_abs/output") == [0]
+    assert (tmp_path / "same-2" / "tbgrad_run.json").is_file()
+
+
+def _contents(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under ``folder``: its bytes and modification time."""
+    return {
+        p.relative_to(folder).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.mark.parametrize(

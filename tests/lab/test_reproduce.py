@@ -2,17 +2,41 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import keras
+import matplotlib.image
 import numpy as np
 import pytest
+from matplotlib.figure import Figure
 
 import tbgrad
 from tbgrad.cli.reproduce import main
 from tbgrad.eventlog import load_run
 from tbgrad.lab import reproduce
-from tbgrad.lab.glorot_check import backprop_stds, flatness
+from tbgrad.lab.glorot_check import CHECK_DEPTH, CHECK_WIDTH, backprop_stds, flatness
+from tbgrad.verdict import verdict_of
 
 
-def test_quick_reproduction_shows_the_findings(tmp_path, capsys):
+@pytest.fixture
+def saved_figures(monkeypatch):
+    """{PNG file name: the matplotlib Figure saved there}.
+
+    ``Figure.savefig`` is wrapped to note the figure, then writes the file as
+    usual: the plotted data can be checked as well as the image.
+    """
+    figures = {}
+    savefig = Figure.savefig
+
+    def noting_savefig(fig, path, *args, **kwargs):
+        figures[Path(path).name] = fig
+        return savefig(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", noting_savefig)
+    return figures
+
+
+def test_quick_reproduction_shows_the_findings(tmp_path, capsys, circles, saved_figures):
     out = tmp_path / "repro"
     assert main(["--quick", "--out", str(out), "--workers", "2"]) == 0
     stdout = capsys.readouterr().out
@@ -36,6 +60,87 @@ def test_quick_reproduction_shows_the_findings(tmp_path, capsys):
         a3.train.scalar("grad_mean_abs/hidden_5") / a3.train.scalar("grad_mean_abs/output")
     )
     assert a2_h5 < a3_h5
+    check_figures(out, runs, saved_figures, circles)
+
+
+def _xy(line):
+    return np.asarray(line.get_xdata(), float), np.asarray(line.get_ydata(), float)
+
+
+def check_figures(out, runs, figures, circles):
+    """The quick reproduction's figures hold the runs' and the check's data."""
+    names = {key: n for n in runs for key in ("A2", "A3") if n.startswith(PREFIX[key])}
+    expected = ["glorot_bengio.png", "weight_l1.png", *(f"{k}__{n}.png" for k, n in names.items())]
+    assert sorted(p.name for p in (out / "figures").iterdir()) == sorted(expected)
+    assert sorted(figures) == sorted(expected)
+    for name in ("glorot_bengio.png", "weight_l1.png"):
+        assert matplotlib.image.imread(out / "figures" / name).shape[:2] == (400, 1200)
+    layers = [f"hidden_{i}" for i in range(1, 6)] + ["output"]
+    epochs = list(range(reproduce.QUICK_EPOCHS))
+
+    # weight_l1.png: A2 and A3 side by side, one line per layer with the run's series.
+    fig = figures["weight_l1.png"]
+    titles = [
+        "A2: 5 x tanh, uniform01, SGD: weight L1 norm per layer",
+        "A3: 5 x relu, He uniform, SGD: weight L1 norm per layer",
+    ]
+    assert [ax.get_title() for ax in fig.axes] == titles
+    for ax, key in zip(fig.axes, ("A2", "A3")):
+        train = runs[names[key]].train
+        assert [line.get_label() for line in ax.get_lines()] == layers
+        for line, layer in zip(ax.get_lines(), layers):
+            x, y = _xy(line)
+            np.testing.assert_array_equal(x, epochs)
+            np.testing.assert_allclose(y, train.scalar(f"weight_l1/{layer}"), rtol=1e-12)
+
+    # The per-run panels: the run's own mean |g| per layer and its verdict.
+    for key, name in names.items():
+        fig = figures[f"{key}__{name}.png"]
+        run_dir = out / "runs" / name
+        assert fig.get_suptitle() == f"{name}: {verdict_of(run_dir)}"
+        ax = fig.axes[0]
+        assert ax.get_title() == "gradient mean |g| per layer"
+        assert [line.get_label() for line in ax.get_lines()] == layers
+        for line, layer in zip(ax.get_lines(), layers):
+            want = runs[name].train.scalar(f"grad_mean_abs/{layer}")
+            np.testing.assert_allclose(_xy(line)[1], want, rtol=1e-12)
+
+    # glorot_bengio.png: per init, the std of dL/dh per hidden layer. At
+    # initialization it is recomputed here from the same seed (--quick: seed 1).
+    fig = figures["glorot_bengio.png"]
+    assert [ax.get_title() for ax in fig.axes] == [
+        "back-propagated gradient, deep tanh MLP, at initialization",
+        "back-propagated gradient, deep tanh MLP, after training",
+    ]
+    labels = ["standard U[-1/√n, 1/√n]", "Glorot (normalized)"]
+    at_init = {}
+    for init in ("standard", "glorot_uniform"):
+        keras.utils.set_random_seed(1)
+        model = tbgrad.lab.build_mlp(
+            depth=CHECK_DEPTH, width=CHECK_WIDTH, activation="tanh", init=init, output_init=init
+        )
+        profile = backprop_stds(model, circles.x_train, circles.y_train)
+        at_init[init] = profile["activation_grad_std"][:-1]
+    for ax, when in zip(fig.axes, ("at_init", "after")):
+        assert [c.get_label() for c in ax.containers] == labels
+        assert ax.get_yscale() == "log"
+        profiles = []
+        for container in ax.containers:
+            x, y = _xy(container.lines[0])
+            np.testing.assert_array_equal(x, np.arange(1, CHECK_DEPTH + 1))
+            assert np.all(np.isfinite(y)) and np.all(y > 0)
+            profiles.append(y)
+        if when == "at_init":
+            np.testing.assert_allclose(profiles[0], at_init["standard"], rtol=1e-4)
+            np.testing.assert_allclose(profiles[1], at_init["glorot_uniform"], rtol=1e-4)
+            # What the figure shows: Glorot's profile is the flatter one.
+            assert flatness(profiles[1]) < flatness(profiles[0])
+        else:
+            # Training moved the profiles away from those at initialization.
+            assert not np.allclose(profiles[0], at_init["standard"], rtol=1e-4)
+
+
+PREFIX = {"A2": "tanh-uniform01-d5", "A3": "relu-he_uniform-d5"}
 
 
 def test_glorot_profile_is_flatter_than_standard(circles):

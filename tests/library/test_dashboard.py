@@ -132,7 +132,9 @@ def tensorboard(logdir: Path, load_fast: bool, log: Path, ready):
     command += [f"--load_fast={str(load_fast).lower()}"]
     base = f"http://127.0.0.1:{port}"
     with open(log, "w") as log_file:
-        proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
+        # The working tree's tbgrad (its dashboard plugin), not an installed copy.
+        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+        proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
         try:
             deadline = time.monotonic() + READY_TIMEOUT
             while not _is_ready(ready, base):

@@ -96,12 +96,43 @@ def test_second_fit_continues_logging_and_later_fits_are_untouched(tmp_path):
     model = tbgrad.lab.build_mlp(depth=1, width=3, input_dim=3)
     model.compile("sgd", "binary_crossentropy")
     model.fit(x, y, epochs=1, verbose=0)  # traced without the callback
-    model.fit(x, y, epochs=2, verbose=0, callbacks=[tbgrad.GradientTensorBoard(tmp_path)])
+    callback = tbgrad.GradientTensorBoard(tmp_path)
+    model.fit(x, y, epochs=2, verbose=0, validation_data=(x, y), callbacks=[callback])
     run = load_run(tmp_path)
     assert run.train.scalar("grad_mean_abs/output").min() > 0
+    assert run.train.steps("grad_mean_abs/output") == [0, 1]
     optimizer = model.optimizer
     assert not _compat.is_update_step_wrapped(optimizer)
-    model.fit(x, y, epochs=1, verbose=0)
+    files = _contents(tmp_path)
+    stats = callback._stats.epoch_stats()
+    kernel = model.get_layer("output").kernel.numpy()
+    model.fit(x, y, epochs=3, verbose=0, validation_data=(x, y))
+    # The later fit trained (the weights moved) ...
+    assert not np.array_equal(model.get_layer("output").kernel.numpy(), kernel)
+    # ... through the plain update step: the hook stays removed and the
+    # callback's statistics did not move.
+    assert not _compat.is_update_step_wrapped(optimizer)
+    after = callback._stats.epoch_stats()
+    assert after["steps"] == stats["steps"] == 2  # 64 samples in batches of 32
+    for key in ("grad_mean_abs", "grad_std", "grad_nonfinite"):
+        np.testing.assert_array_equal(after[key], stats[key], err_msg=key)
+    # Nothing was added to the run folder: same files, bytes, tags and steps.
+    assert _contents(tmp_path) == files
+    again = load_run(tmp_path)
+    for split in ("train", "validation"):
+        before_split, after_split = run.splits[split], again.splits[split]
+        assert after_split.plugins == before_split.plugins, split
+        for tag in before_split.plugins:
+            assert after_split.steps(tag) == before_split.steps(tag), (split, tag)
+
+
+def _contents(folder):
+    """Every file under ``folder``: its bytes and modification time."""
+    return {
+        p.relative_to(folder).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_model_without_kernels_warns_and_still_writes_epoch_scalars(tmp_path):
@@ -120,7 +151,7 @@ def test_model_without_kernels_warns_and_still_writes_epoch_scalars(tmp_path):
     [
         (dict(histogram_freq=-1), ValueError, "Received: histogram_freq=-1"),
         (dict(histogram_freq=1.5), TypeError, "Received: histogram_freq=1.5"),
-        (dict(update_freq="batch"), ValueError, "Received: update_freq='batch'"),
+        (dict(update_freq="step"), ValueError, "Received: update_freq='step'"),
         (dict(update_freq=0), ValueError, "Received: update_freq=0"),
     ],
 )

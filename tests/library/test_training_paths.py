@@ -33,7 +33,7 @@ def _train(path, loop, x, y, xv, yv, **kwargs):
             metrics=["accuracy"],
             steps_per_execution=STEPS_PER_EXECUTION if loop == "fit+spe" else 1,
         )
-        model.fit(
+        history = model.fit(
             x,
             y,
             epochs=EPOCHS,
@@ -42,9 +42,9 @@ def _train(path, loop, x, y, xv, yv, **kwargs):
             validation_data=(xv, yv),
             verbose=0,
             callbacks=[tbgrad.GradientTensorBoard(path, **kwargs)],
-        )
+        ).history
     else:
-        tbgrad.train_with_tape(
+        history = tbgrad.train_with_tape(
             model,
             x,
             y,
@@ -58,7 +58,7 @@ def _train(path, loop, x, y, xv, yv, **kwargs):
             jit_compile=loop == "tape+xla",
             **kwargs,
         )
-    return model, initial
+    return model, initial, history
 
 
 @pytest.fixture(scope="module")
@@ -66,14 +66,15 @@ def runs(tmp_path_factory, circles):
     x, y = circles.x_train[:N], circles.y_train[:N]
     xv, yv = circles.x_test[:100], circles.y_test[:100]
     out = {}
+    histories = {}
     for loop in LOOPS:
         path = tmp_path_factory.mktemp(loop.replace("+", "_"))
-        model, initial = _train(path, loop, x, y, xv, yv)
+        model, initial, histories[loop] = _train(path, loop, x, y, xv, yv)
         out[loop] = (load_run(path), model, path)
     reference_model = tiny_mlp()
     reference_model.set_weights(initial)
     expected = reference_sgd_gradients(reference_model, x, y, BATCH, EPOCHS, LR)
-    return out, expected
+    return out, expected, histories
 
 
 @pytest.mark.parametrize("loop", LOOPS)
@@ -173,6 +174,22 @@ def test_epoch_scalars_match_the_history(runs, loop):
     assert loss.shape == (EPOCHS,)
     assert np.all(np.isfinite(loss))
     np.testing.assert_allclose(run.train.scalar("epoch_learning_rate"), LR)
+    # Every figure of the history returned by fit / train_with_tape, epoch by
+    # epoch, in its folder: loss and accuracy in train/, val_* in validation/.
+    history = runs[2][loop]
+    assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(history)
+    for key, values in history.items():
+        assert len(values) == EPOCHS, key
+        if key.startswith("val_"):
+            split, tag = run.validation, tags.epoch_tag(key[len("val_") :])
+        else:
+            split, tag = run.train, tags.epoch_tag(key)
+        assert split.steps(tag) == list(range(EPOCHS)), key
+        np.testing.assert_allclose(split.scalar(tag), values, rtol=1e-6, err_msg=key)
+    # The loss and accuracy differ between epochs and from the validation
+    # figures, so a value written under the wrong step or folder shows.
+    assert len(set(history["loss"])) == EPOCHS
+    assert history["loss"] != history["val_loss"]
 
 
 @pytest.mark.parametrize("loop", ["fit", "tape"])

@@ -127,3 +127,138 @@ def test_nan_inputs_make_a_non_finite_run(tmp_path, circles):
 
 def _layers(depth):
     return [f"hidden_{i}" for i in range(1, depth + 1)] + ["output"]
+
+
+# -- the thresholds, pinned to the documented figures (README, "Comparing runs") ----
+
+
+def per_epoch(weakest, strongest, output=0.05):
+    """Three hidden layers and an output whose per-epoch quotients are given.
+
+    hidden_1 carries the epoch's strongest quotient, hidden_2 its weakest,
+    hidden_3 one in between.
+    """
+    weakest, strongest = np.asarray(weakest, float), np.asarray(strongest, float)
+    middle = np.sqrt(weakest * strongest)
+    return {
+        "hidden_1": list(strongest * output),
+        "hidden_2": list(weakest * output),
+        "hidden_3": list(middle * output),
+        "output": [output] * len(weakest),
+    }
+
+
+def test_documented_threshold_values():
+    assert VANISHING_BELOW == 0.1
+    assert EXPLODING_ABOVE == 100.0
+
+
+@pytest.mark.parametrize(
+    "quotients, label",
+    [
+        # Absolute values, not relative to the constants: a moved threshold flips them.
+        ((1.0, 0.099), "vanishing"),
+        ((1.0, 0.101), "healthy"),
+        ((1.0, 0.1), "healthy"),  # "below": 0.1 itself is not vanishing
+        ((0.06, 1.0), "vanishing"),  # between 0.05 and 0.1
+        ((99.0, 1.0), "healthy"),
+        ((101.0, 1.0), "exploding"),
+        ((100.0, 1.0), "healthy"),  # "above": 100 itself is not exploding
+        ((20.0, 1.0), "healthy"),  # between 10 and 100
+    ],
+)
+def test_thresholds_flip_at_0_1_and_100(quotients, label):
+    # output 1.0: the quotients are the values themselves, exactly.
+    result = judge(layers(*quotients, output=1.0))
+    assert result.label == label, result
+    assert result.weakest_ratio == min(quotients)
+    assert result.strongest_ratio == max(quotients)
+
+
+def test_a2_like_run_reads_vanishing():
+    # A2 (500 epochs, seed 1): the weakest ratio never rises above 0.070.
+    weakest = [0.029, 0.045, 0.060, 0.066, 0.070]
+    result = judge(per_epoch(weakest, [1.14] * 5))
+    assert result.label == "vanishing", result
+    assert result.weakest_ratio == pytest.approx(0.060)
+    # Even at its highest, every epoch: still vanishing.
+    assert judge(per_epoch([0.070] * 5, [1.14] * 5)).label == "vanishing"
+
+
+def test_a3_like_run_reads_healthy():
+    # A3: the weakest ratio never falls below 0.165 (median 0.39); the
+    # strongest peaks at 5.2 (median 3.4).
+    result = judge(per_epoch([0.165, 0.3, 0.39, 0.5, 0.6], [2.0, 3.0, 3.4, 4.0, 5.2]))
+    assert result.label == "healthy", result
+    assert result.weakest_ratio == pytest.approx(0.39)
+    assert result.strongest_ratio == pytest.approx(3.4)
+
+
+def test_b_tanh_like_run_reads_healthy():
+    # B-tanh learns well with strongest ratios of 13 to 50 (median 13.4): a
+    # threshold of 10 would call it exploding.
+    strongest = [13.0, 13.2, 13.4, 13.4, 15.0, 20.0, 50.0]
+    result = judge(per_epoch([0.5] * 7, strongest))
+    assert result.label == "healthy", result
+    assert result.strongest_ratio == pytest.approx(13.4)
+
+
+def test_one_exploding_epoch_among_healthy_ones_stays_healthy():
+    # The median, not the max, of the strongest ratios decides.
+    result = judge(per_epoch([0.5] * 5, [3.4, 3.0, 150.0, 3.6, 5.2]))
+    assert result.label == "healthy", result
+    assert result.strongest_ratio == pytest.approx(3.6)
+    # The majority of epochs above 100 does make it exploding.
+    assert judge(per_epoch([0.5] * 5, [3.4, 150.0, 150.0, 120.0, 5.2])).label == "exploding"
+
+
+def test_one_vanished_epoch_among_healthy_ones_stays_healthy():
+    result = judge(per_epoch([0.39, 0.01, 0.4, 0.5, 0.3], [2.0] * 5))
+    assert result.label == "healthy", result
+    assert result.weakest_ratio == pytest.approx(0.39)
+
+
+@pytest.mark.parametrize("loop", ["fit", "tape"])
+def test_a_nan_validation_loss_alone_makes_a_non_finite_run(tmp_path, circles, loop):
+    # Training data and gradients are finite; one validation sample is NaN,
+    # so only the validation epoch_loss is.
+    x, y = circles.x_train[:64], circles.y_train[:64]
+    xv = circles.x_test[:32].copy()
+    xv[3, 1] = np.nan
+    keras.utils.set_random_seed(1)
+    model = tbgrad.lab.build_mlp(depth=2, width=4, activation="tanh", init="glorot_uniform")
+    if loop == "fit":
+        model.compile("sgd", "binary_crossentropy")
+        model.fit(
+            x,
+            y,
+            epochs=2,
+            batch_size=32,
+            validation_data=(xv, circles.y_test[:32]),
+            verbose=0,
+            callbacks=[tbgrad.GradientTensorBoard(tmp_path)],
+        )
+    else:
+        tbgrad.train_with_tape(
+            model,
+            x,
+            y,
+            epochs=2,
+            batch_size=32,
+            optimizer="sgd",
+            validation_data=(xv, circles.y_test[:32]),
+            log_dir=tmp_path,
+            verbose=0,
+        )
+    run = load_run(tmp_path)
+    assert np.isfinite(run.train.scalar("epoch_loss")).all()
+    assert np.isnan(run.validation.scalar("epoch_loss")).all()
+    for name in _layers(2):
+        assert run.train.scalar(f"grad_nonfinite/{name}").sum() == 0
+        assert np.isfinite(run.train.scalar(f"grad_mean_abs/{name}")).all()
+    # Without the validation loss the same figures read as a finite run.
+    g = {n: run.train.scalar(f"grad_mean_abs/{n}") for n in _layers(2)}
+    assert judge(g, run.train.scalar("epoch_loss")).label != "non-finite"
+    result = verdict.run_verdict(run)
+    assert (result.label, result.reason) == ("non-finite", "the loss is NaN or Inf")
+    assert verdict.verdict_of(tmp_path).label == "non-finite"
