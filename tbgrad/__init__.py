@@ -1,16 +1,17 @@
 """tbgrad: per-layer gradients of Keras models in TensorBoard.
 
-The library: a callback for ``model.fit``, a compiled GradientTape loop, the
-optimizer hook and statistics both share, the summary writer that owns the
-tag contract, and reading runs back. The experiment lab (presets, data,
-models, sweeps, reports, the reproduction of the reference studies, the
-benchmark) lives in :mod:`tbgrad.lab`; the ``tbgrad`` command in
-:mod:`tbgrad.cli`.
+The library: a callback for ``model.fit`` (:class:`TensorBoard`), an
+object for your own training loop (:class:`GradientLogger`), a compiled
+GradientTape loop, the optimizer hook and statistics they share, the
+summary writer that owns the tag contract, and reading runs back. The
+experiment lab (presets, data, models, sweeps, reports, the reproduction of
+the reference studies, the benchmark) lives in :mod:`tbgrad.lab`; the
+``tbgrad`` command in :mod:`tbgrad.cli`.
 
 Example:
     >>> import keras, tbgrad
     >>> model.compile("sgd", "binary_crossentropy", metrics=["accuracy"])
-    >>> model.fit(x, y, epochs=10, callbacks=[tbgrad.GradientTensorBoard("logs/run")])
+    >>> model.fit(x, y, epochs=10, callbacks=[tbgrad.TensorBoard("logs/run")])
 
 The public names load on first use, so that the command line can check its
 flags before TensorFlow is imported.
@@ -24,11 +25,14 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 _PUBLIC = {
+    "TensorBoard": "tbgrad.tensorboard",
     "GradientTensorBoard": "tbgrad.gradient_tensorboard",
+    "GradientLogger": "tbgrad.gradient_logger",
     "train_with_tape": "tbgrad.tape",
     "OptimizerHook": "tbgrad.hook",
     "GradientStats": "tbgrad.stats",
     "kernel_layers": "tbgrad.stats",
+    "tracked_variables": "tbgrad.stats",
     "SummaryLogger": "tbgrad.summary",
     "write_hparams": "tbgrad.hparams",
     "load_run": "tbgrad.eventlog",
@@ -38,13 +42,16 @@ _PUBLIC = {
 _SUBPACKAGES = ("lab", "cli", "dashboard")
 
 __all__ = [
+    "GradientLogger",
     "GradientStats",
     "GradientTensorBoard",
     "OptimizerHook",
     "SummaryLogger",
+    "TensorBoard",
     "find_runs",
     "kernel_layers",
     "load_run",
+    "tracked_variables",
     "train_with_tape",
     "verdict_of",
     "write_hparams",
@@ -52,12 +59,14 @@ __all__ = [
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from tbgrad.eventlog import find_runs, load_run
+    from tbgrad.gradient_logger import GradientLogger
     from tbgrad.gradient_tensorboard import GradientTensorBoard
     from tbgrad.hook import OptimizerHook
     from tbgrad.hparams import write_hparams
-    from tbgrad.stats import GradientStats, kernel_layers
+    from tbgrad.stats import GradientStats, kernel_layers, tracked_variables
     from tbgrad.summary import SummaryLogger
     from tbgrad.tape import train_with_tape
+    from tbgrad.tensorboard import TensorBoard
     from tbgrad.verdict import verdict_of
 
 

@@ -51,6 +51,59 @@ def is_update_step_wrapped(optimizer) -> bool:
     return OPTIMIZER_UPDATE_STEP in vars(optimizer)
 
 
+# A Keras 3 LossScaleOptimizer calls this method instead of its inner
+# optimizer's ``apply`` on a step whose loss-scaled gradients are not finite:
+# the step is skipped, so the inner update step (and the hook on it) never
+# runs (keras/src/optimizers/loss_scale_optimizer.py, ``_common_apply`` and
+# ``_tf_apply``). No public API tells a skipped step from an applied one.
+LOSS_SCALE_SKIP_STEP = "_stateful_handle_non_finite_grads"
+
+
+def has_skip_step(optimizer) -> bool:
+    """Whether ``optimizer`` skips steps through :data:`LOSS_SCALE_SKIP_STEP`."""
+    return callable(getattr(optimizer, LOSS_SCALE_SKIP_STEP, None))
+
+
+def wrap_skip_step(optimizer, on_skip: Callable[[], None]) -> None:
+    """Makes ``optimizer`` call ``on_skip()`` in every step it skips.
+
+    Like :func:`wrap_update_step`, on this one instance; undone by
+    :func:`unwrap_skip_step`.
+    """
+    original = getattr(optimizer, LOSS_SCALE_SKIP_STEP)
+
+    def skip_step(*args, **kwargs):
+        on_skip()
+        return original(*args, **kwargs)
+
+    setattr(optimizer, LOSS_SCALE_SKIP_STEP, skip_step)
+
+
+def unwrap_skip_step(optimizer) -> None:
+    """Undoes :func:`wrap_skip_step`."""
+    optimizer.__dict__.pop(LOSS_SCALE_SKIP_STEP, None)
+
+
+# The private parts of ``keras.callbacks.TensorBoard`` that tbgrad.TensorBoard
+# overrides or calls (keras/src/callbacks/tensorboard.py): the weight
+# histograms it replaces (``_log_weights``), the writers it shares with
+# tbgrad's own, the model summary and train graph it writes at the end of
+# the first epoch instead of in ``set_model``, the per-epoch steps per
+# second, weight images and embeddings it keeps, and the flags that say
+# whether the batch hooks have work to do.
+KERAS_TENSORBOARD_METHODS = (
+    "_log_weights",
+    "_log_weight_as_image",
+    "_log_embeddings",
+    "_write_keras_model_summary",
+    "_write_keras_model_train_graph",
+    "_compute_steps_per_second",
+    "_train_writer",
+    "_val_writer",
+)
+KERAS_TENSORBOARD_ATTRIBUTES = ("_should_trace", "_should_write_train_graph")
+
+
 def sublayers(layer) -> Iterator:
     """The layers ``layer`` tracks directly, in the order it tracks them.
 

@@ -78,3 +78,73 @@ def check_choice(name: str, value, choices: Iterable[str], more: str = "") -> st
             f"Unknown {name} {value!r}; valid choices: {listed}. Received: {name}={value!r}"
         )
     return value
+
+
+VARIABLE_CHOICES = ("kernels", "all")
+
+
+def check_variables(value):
+    """Returns ``variables`` if it is ``"kernels"``, ``"all"`` or a callable."""
+    if callable(value) or (isinstance(value, str) and value in VARIABLE_CHOICES):
+        return value
+    raise ValueError(
+        "variables must be 'kernels', 'all' or a callable(variable) -> bool. "
+        f"Received: variables={value!r}"
+    )
+
+
+# The one Keras backend tbgrad runs on: its statistics are TensorFlow
+# variables updated inside TensorFlow train steps.
+TENSORFLOW = "tensorflow"
+
+
+def backend_error(backend: str, what: str) -> str:
+    """The message for ``what`` (a class or command) run on another backend."""
+    return (
+        f"{what} needs Keras's TensorFlow backend, but Keras's backend is {backend!r}: "
+        "set KERAS_BACKEND=tensorflow before Keras is imported. "
+        f"Received: backend={backend!r}"
+    )
+
+
+def check_keras_backend(what: str) -> None:
+    """Raises ValueError unless Keras (imported) runs on TensorFlow."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend != TENSORFLOW:
+        raise ValueError(backend_error(backend, what))
+
+
+def configured_keras_backend() -> str:
+    """The backend Keras will load, read as Keras reads it, without importing it.
+
+    ``KERAS_BACKEND`` wins; else the ``"backend"`` of ``$KERAS_HOME/keras.json``
+    (``~/.keras/keras.json``); else TensorFlow.
+    """
+    import json
+    import os
+
+    backend = os.environ.get("KERAS_BACKEND")
+    if backend:
+        return backend
+    base = os.path.expanduser("~")
+    if not os.access(base, os.W_OK):
+        base = "/tmp"  # as keras/src/backend/config.py does
+    home = os.environ.get("KERAS_HOME") or os.path.join(base, ".keras")
+    try:
+        with open(os.path.join(home, "keras.json")) as f:
+            return str(json.load(f).get("backend", TENSORFLOW))
+    except (OSError, ValueError, AttributeError):
+        return TENSORFLOW
+
+
+def check_configured_keras_backend(what: str) -> None:
+    """Raises ValueError unless Keras will load TensorFlow; imports nothing.
+
+    For the command line, which must fail before it creates anything (and
+    before Keras's import fails first when the named backend is missing).
+    """
+    backend = configured_keras_backend()
+    if backend != TENSORFLOW:
+        raise ValueError(backend_error(backend, what))

@@ -6,6 +6,10 @@ gradients it receives are exactly the ones that move the weights.
 :class:`OptimizerHook` wraps that step on one optimizer instance (not its
 class, see :func:`tbgrad._compat.wrap_update_step`) so that both
 ``model.fit`` and the tape loop feed the statistics from the same place.
+
+A LossScaleOptimizer skips a step whose loss-scaled gradients are not
+finite without reaching that update step; the hook counts those steps
+(:meth:`GradientStats.skip`) where the optimizer handles them.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ class OptimizerHook:
             every layer of the model is built).
 
     Use as a context manager, or call :meth:`install` and :meth:`remove`.
+    With a LossScaleOptimizer the statistics should count skipped steps
+    (``GradientStats(..., count_skips=hook.counts_skips)``).
     """
 
     def __init__(
@@ -49,6 +55,9 @@ class OptimizerHook:
                 f"{_compat.OPTIMIZER_UPDATE_STEP}). Received: optimizer={optimizer!r}"
             )
         self.optimizer = target
+        self.outer = optimizer
+        # Whether the optimizer can skip steps (a LossScaleOptimizer).
+        self.counts_skips = _compat.has_skip_step(optimizer)
         self.stats = stats
         self._installed = False
 
@@ -57,16 +66,21 @@ class OptimizerHook:
             return
         stats = self.stats
 
+        def get():
+            return stats() if callable(stats) else stats
+
         def before_update(grads, variables):
-            target = stats() if callable(stats) else stats
-            target.update(grads, variables)
+            get().update(grads, variables)
 
         _compat.wrap_update_step(self.optimizer, before_update)
+        if self.counts_skips:
+            _compat.wrap_skip_step(self.outer, lambda: get().skip())
         self._installed = True
 
     def remove(self) -> None:
         if self._installed:
             _compat.unwrap_update_step(self.optimizer)
+            _compat.unwrap_skip_step(self.outer)
             self._installed = False
 
     def __enter__(self) -> OptimizerHook:

@@ -49,49 +49,118 @@ class EpochValues:
     :data:`tbgrad.tags.EPOCH_SCALAR_FAMILIES`; ``histograms[family][i]`` its
     ``[bucket_count, 3]`` buckets of a family of
     :data:`tbgrad.tags.HISTOGRAM_FAMILIES` (empty when no histogram is due);
-    ``grad_ratio`` is the first layer's mean |g| over the last's (None with
-    fewer than two layers).
+    ``grad_ratio`` is the first kernel's mean |g| over the last's (None with
+    fewer than two kernels). ``steps`` counts the steps whose gradients were
+    applied; in an epoch without one, the gradient families are left out
+    (there is no gradient to show). ``skipped`` counts the steps a
+    LossScaleOptimizer skipped (None when the statistics do not count them).
     """
 
     scalars: dict[str, np.ndarray]
     histograms: dict[str, list[np.ndarray]]
     grad_ratio: float | None
     steps: int
+    skipped: int | None = None
+
+
+# The ``variables=`` choices of the callback, GradientLogger and the tape loop.
+KERNELS = "kernels"
+ALL = "all"
 
 
 @dataclass(frozen=True)
 class KernelLayer:
-    """A layer whose kernel tbgrad logs: its tag name and kernel variable."""
+    """A variable tbgrad logs: its tag name and the variable.
+
+    ``kernel`` is the variable logged: a layer's kernel by default, any
+    trainable variable with ``variables="all"`` or a predicate (see
+    :func:`tracked_variables`). ``is_kernel`` says whether it is its layer's
+    kernel (``grad_ratio`` compares the first and last of those).
+    """
 
     name: str
     kernel: keras.Variable
+    is_kernel: bool = True
 
 
 def kernel_layers(model: keras.Model) -> list[KernelLayer]:
     """Returns the layers of ``model`` (nested ones included) that have a kernel.
 
-    Layers without a trainable ``kernel`` (Dropout, BatchNormalization,
-    Flatten, ...) are skipped. Names are the layers' own names; where two
-    kernel layers share a name, the kernel's path (less its last part) is
-    used so that tags never collide.
+    The same as ``tracked_variables(model, "kernels")``.
     """
-    found: list[tuple[str, keras.Variable]] = []
-    seen: set[int] = set()
-    for layer in _walk(model):
-        kernel = getattr(layer, "kernel", None)
-        if kernel is None or not getattr(kernel, "trainable", False):
-            continue
-        if id(kernel) in seen:
-            continue
-        seen.add(id(kernel))
-        found.append((layer.name, kernel))
-    names = [name for name, _ in found]
+    return tracked_variables(model, KERNELS)
+
+
+def tracked_variables(model: keras.Model, variables=KERNELS) -> list[KernelLayer]:
+    """Returns the trainable variables of ``model`` that tbgrad logs, named.
+
+    Args:
+        model: A built Keras model (nested and subclassed models included).
+        variables: ``"kernels"`` (every layer's trainable ``kernel``),
+            ``"all"`` (every trainable variable) or a predicate
+            ``callable(variable) -> bool`` over the trainable variables.
+
+    A layer's kernel is named by the layer (``dense_1``), its other variables
+    by the layer and the variable (``lstm/recurrent_kernel``,
+    ``embedding/embeddings``, ``dense_1/bias``). A recurrent layer's cell
+    takes the recurrent layer's name (``lstm``, not ``lstm_cell``). Where two
+    names collide (nested models with the same layer names), the variable's
+    path is used instead (less its last part for a kernel), so names are
+    unique and depend only on the model's layer and variable names.
+
+    Example:
+        >>> [v.name for v in tracked_variables(model, "all")]
+        ['embedding/embeddings', 'lstm', 'lstm/recurrent_kernel', 'lstm/bias', ...]
+    """
+    found = [
+        (name, var, is_kernel)
+        for name, var, is_kernel in _candidates(model)
+        if (is_kernel if variables == KERNELS else variables == ALL or variables(var))
+    ]
+    names = [_unique_name(name, var, is_kernel, found) for name, var, is_kernel in found]
+    seen: dict[str, int] = {}
     out = []
-    for name, kernel in found:
-        if names.count(name) > 1:
-            name = kernel.path.rsplit("/", 1)[0]
-        out.append(KernelLayer(name=name, kernel=kernel))
+    for name, (_, var, is_kernel) in zip(names, found):
+        # A last resort against a name taken twice even by path.
+        seen[name] = seen.get(name, 0) + 1
+        name = name if seen[name] == 1 else f"{name}_{seen[name]}"
+        out.append(KernelLayer(name=name, kernel=var, is_kernel=is_kernel))
     return out
+
+
+def _candidates(model):
+    # (name, variable, is_kernel) of every trainable variable, in the order
+    # of a depth-first walk over the layers: each layer's kernel first, then
+    # the other variables it holds itself (not through a sub-layer).
+    aliases: dict[int, str] = {}
+    seen: set[int] = set()
+    for layer in (model, *_walk(model)):
+        cell = getattr(layer, "cell", None)
+        if isinstance(cell, keras.layers.Layer):
+            # An RNN's cell holds its weights: name them by the RNN layer.
+            aliases[id(cell)] = aliases.get(id(layer), layer.name)
+        name = aliases.get(id(layer), layer.name)
+        kernel = getattr(layer, "kernel", None)
+        if kernel is not None and getattr(kernel, "trainable", False) and id(kernel) not in seen:
+            seen.add(id(kernel))
+            yield name, kernel, True
+        for var in _own_trainable_variables(layer):
+            if id(var) not in seen:
+                seen.add(id(var))
+                yield name, var, False
+
+
+def _own_trainable_variables(layer) -> list:
+    inner = {id(v) for sub in _compat.sublayers(layer) for v in sub.trainable_weights}
+    return [v for v in layer.trainable_weights if id(v) not in inner]
+
+
+def _unique_name(name: str, var, is_kernel: bool, found) -> str:
+    tag = name if is_kernel else f"{name}/{var.name}"
+    taken = sum(1 for n, v, k in found if (n if k else f"{n}/{v.name}") == tag)
+    if taken == 1:
+        return tag
+    return var.path.rsplit("/", 1)[0] if is_kernel else var.path
 
 
 def _walk(layer):
@@ -111,14 +180,19 @@ class GradientStats:
             compiled with XLA. The numbers are the same either way (up to
             float32 rounding); only how the per-layer sums are computed
             differs (see :func:`_finite_sums_xla`).
+        count_skips: Count the steps the optimizer skips (:meth:`skip`, for
+            a LossScaleOptimizer) and report them per epoch.
 
     Create it in the distribution strategy's scope (if any): its variables
     are then mirrored and updated by the first replica only.
     """
 
-    def __init__(self, layers: list[KernelLayer], jit_compile: bool = False):
+    def __init__(
+        self, layers: list[KernelLayer], jit_compile: bool = False, count_skips: bool = False
+    ):
         self.layers = list(layers)
         self.jit_compile = bool(jit_compile)
+        self.count_skips = bool(count_skips)
         self.names = [layer.name for layer in self.layers]
         n = max(len(self.layers), 1)
         kwargs = dict(
@@ -131,6 +205,8 @@ class GradientStats:
         # The last step's statistics, for per-step (update_freq=N) scalars.
         self._last = tf.Variable(tf.zeros([n, N_STATS]), name="tbgrad_last", **kwargs)
         self._steps = tf.Variable(tf.constant(0, tf.int64), name="tbgrad_steps", **kwargs)
+        # Steps the optimizer skipped (non-finite loss-scaled gradients).
+        self._skipped = tf.Variable(tf.constant(0, tf.int64), name="tbgrad_skipped", **kwargs)
         # Whether to keep the epoch's first gradients for the histograms.
         self._capture = tf.Variable(True, name="tbgrad_capture", **kwargs)
         self._captured = [
@@ -206,6 +282,11 @@ class GradientStats:
             self._last.assign(step)
             self._steps.assign_add(1)
 
+    def skip(self) -> None:
+        """Counts a step whose gradients the optimizer did not apply (call
+        inside the train step); it stays out of the averages."""
+        self._skipped.assign_add(1)
+
     def _step_stats(self, kernel_grads, finite_only: bool) -> tf.Tensor:
         # [layers, N_STATS] in layer order. Each group's [k, size] block gives
         # its row sums; the arithmetic then runs once on all layers. The
@@ -265,6 +346,8 @@ class GradientStats:
         self._sums.assign(tf.zeros_like(self._sums))
         self._steps.assign(0)
         self._capture.assign(capture)
+        if self.count_skips:
+            self._skipped.assign(0)
 
     def snapshot_tensors(self) -> dict:
         """The epoch's running sums and step count, every tracked kernel and
@@ -274,12 +357,15 @@ class GradientStats:
         reading them costs no eager op per layer; pass the values (as numpy)
         to :meth:`epoch_stats` and :class:`tbgrad.summary.SummaryLogger`.
         """
-        return {
+        out = {
             "sums": self._sums.read_value(),
             "steps": self._steps.read_value(),
             "kernels": [tf.convert_to_tensor(layer.kernel) for layer in self.layers],
             "gradients": [var.read_value() for var in self._captured],
         }
+        if self.count_skips:
+            out["skipped"] = self._skipped.read_value()
+        return out
 
     def epoch_stats(self, snapshot: dict | None = None) -> dict[str, np.ndarray]:
         """The epoch's per-layer statistics as numpy arrays.
@@ -293,12 +379,16 @@ class GradientStats:
         else:
             steps, sums = snapshot["steps"], snapshot["sums"]
         n = np.float32(max(steps, 1))
-        return {
+        out = {
             "grad_mean_abs": sums[:, MEAN_ABS] / n,
             "grad_std": sums[:, STD] / n,
             "grad_nonfinite": sums[:, NONFINITE],
             "steps": steps,
         }
+        if self.count_skips:
+            skipped = self._skipped.numpy() if snapshot is None else snapshot["skipped"]
+            out["skipped"] = int(skipped)
+        return out
 
     def epoch_values(
         self,
@@ -334,10 +424,18 @@ class GradientStats:
             buckets[tags.GRADIENTS] = [histogram_buckets(g, bucket_count) for g in grads]
             buckets[tags.WEIGHTS] = [histogram_buckets(k, bucket_count) for k in kernels]
         ratio = None
-        if len(self.layers) >= 2:
-            mean_abs = stats["grad_mean_abs"]
+        kernels_at = [i for i, layer in enumerate(self.layers) if layer.is_kernel]
+        if len(kernels_at) >= 2:
+            mean_abs = stats["grad_mean_abs"][[kernels_at[0], kernels_at[-1]]]
             ratio = float(mean_abs[0] / mean_abs[-1]) if mean_abs[-1] != 0 else 0.0
-        return EpochValues(scalars, buckets, ratio, int(stats["steps"]))
+        if int(stats["steps"]) == 0:
+            # No gradient was applied (every step skipped): nothing to average
+            # or to bucket, rather than zeros that read as a dead gradient.
+            for family in [f for f in scalars if f.startswith("grad_")]:
+                scalars.pop(family)  # every gradient family, not the weights'
+            buckets.pop(tags.GRADIENTS, None)
+            ratio = None
+        return EpochValues(scalars, buckets, ratio, int(stats["steps"]), stats.get("skipped"))
 
     def last_step_tensors(self) -> tf.Tensor:
         """The last step's per-layer mean |g| (graph or eager)."""

@@ -37,18 +37,22 @@ class SummaryLogger:
 
     Args:
         log_dir: The run folder; ``train/`` and ``validation/`` go under it.
-        stats: The gradient accumulator of the model being trained.
+        stats: The gradient accumulator of the model being trained. It may be
+            set later (``logger.stats = ...``, before the first epoch is
+            written) when the model is built only by its first train step:
+            the writers can be used before.
         bucket_count: Histogram buckets.
     """
 
     def __init__(
         self,
         log_dir: str | os.PathLike,
-        stats: GradientStats,
+        stats: GradientStats | None,
         bucket_count: int = DEFAULT_BUCKET_COUNT,
     ):
         self.log_dir = os.fspath(log_dir)
         self.stats = stats
+        self._metadata_due = False
         self.bucket_count = bucket_count
         self._writers: dict[str, tf.summary.SummaryWriter] = {}
         self._summaries: dict[tuple, summary_pb2.Summary] = {}
@@ -64,10 +68,13 @@ class SummaryLogger:
             self._writers[split] = tf.summary.create_file_writer(
                 os.path.join(self.log_dir, split), flush_millis=FLUSH_SECONDS * 1000
             )
-            if split == tags.TRAIN_DIR:
-                layout.write_layout(self._writers[split])  # Custom Scalars charts
-                # The layers' order, for the Gradient-flow dashboard.
-                dashboard_metadata.write_layers(self._writers[split], self.stats.names)
+            self._metadata_due = self._metadata_due or split == tags.TRAIN_DIR
+        if self._metadata_due and self.stats is not None:
+            self._metadata_due = False
+            train = self._writers[tags.TRAIN_DIR]
+            layout.write_layout(train)  # Custom Scalars charts
+            # The layers' order, for the Gradient-flow dashboard.
+            dashboard_metadata.write_layers(train, self.stats.names)
         return self._writers[split]
 
     # -- public events ------------------------------------------------------
@@ -177,12 +184,15 @@ class SummaryLogger:
         epoch = self.stats.epoch_values(snapshot, histograms, self.bucket_count)
         if epoch.grad_ratio is not None:
             values.append((tags.GRAD_RATIO, epoch.grad_ratio))
+        if epoch.skipped is not None:
+            values.append((tags.GRAD_SKIPPED_STEPS, epoch.skipped))
+        # The families EpochValues holds: an epoch without an applied step
+        # has no gradient families, an epoch without histograms none.
         for i, name in enumerate(self.stats.names):
-            for family in tags.EPOCH_SCALAR_FAMILIES:
-                values.append((tags.layer_tag(family, name), epoch.scalars[family][i]))
-            if histograms:
-                for family in tags.HISTOGRAM_FAMILIES:
-                    values.append((tags.layer_tag(family, name), epoch.histograms[family][i]))
+            for family, column in epoch.scalars.items():
+                values.append((tags.layer_tag(family, name), column[i]))
+            for family, buckets in epoch.histograms.items():
+                values.append((tags.layer_tag(family, name), buckets[i]))
         return values
 
     def _write_step(self, step, batch):

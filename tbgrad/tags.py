@@ -32,6 +32,11 @@ WEIGHT_L1 = "weight_l1"
 # by that of the last (the output layer). Far below 1: vanishing gradients.
 GRAD_RATIO = "grad_ratio"
 
+# Run-level count of the epoch's steps whose gradients a LossScaleOptimizer
+# did not apply (non-finite after loss scaling); the gradient tags average
+# over the applied steps only.
+GRAD_SKIPPED_STEPS = "grad_skipped_steps"
+
 # Per-step (update_freq=N) variant of the gradient magnitude, at the global
 # step, like Keras's ``batch_loss`` next to ``epoch_loss``.
 BATCH_GRAD_MEAN_ABS = "batch_grad_mean_abs"
@@ -121,6 +126,14 @@ TABLE = (
         "every epoch",
         f"`{GRAD_MEAN_ABS}` of the first kernel layer divided by that of the last (output) "
         "layer; far below 1 means the gradient vanishes on its way to the input",
+    ),
+    (
+        f"`{TRAIN_DIR}/{GRAD_SKIPPED_STEPS}`",
+        "Scalars",
+        "every epoch, with a `LossScaleOptimizer`",
+        "steps of the epoch whose gradients the optimizer skipped (non-finite after loss "
+        "scaling); the gradient tags above average over the other steps, the histogram is "
+        "the first applied step's, and an epoch with no applied step has no gradient tags",
     ),
     (
         f"`{TRAIN_DIR}/batch_loss`, `{TRAIN_DIR}/batch_accuracy`",

@@ -2,29 +2,35 @@
 
 The whole epoch runs inside one ``tf.function`` (the dataset is iterated in
 the graph), so a Python-level step costs nothing; each step computes the
-gradients with ``tf.GradientTape`` and applies them with the optimizer, whose
-update step feeds :class:`GradientStats` through the same
-:class:`~tbgrad.hook.OptimizerHook` the callback uses. The epoch's summaries
-go through the same :class:`SummaryLogger`, so the tags and the folder layout
-are those of :class:`tbgrad.GradientTensorBoard`.
+gradients with ``tf.GradientTape`` and applies them with the optimizer. A
+:class:`~tbgrad.gradient_logger.GradientLogger`, the object the callback is
+built on, observes them where the optimizer applies them and writes the
+epochs, so the tags and the folder layout are those of
+:class:`tbgrad.TensorBoard`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from tbgrad import _compat
-from tbgrad._validate import EPOCH, check_histogram_freq, check_int, check_update_freq
-from tbgrad.hook import OptimizerHook
-from tbgrad.stats import GradientStats, kernel_layers
-from tbgrad.summary import SummaryLogger
+from tbgrad import _compat, tags
+from tbgrad._validate import (
+    EPOCH,
+    check_histogram_freq,
+    check_int,
+    check_keras_backend,
+    check_update_freq,
+    check_variables,
+)
+from tbgrad.gradient_logger import GradientLogger
+from tbgrad.stats import KERNELS
 
 
 def train_with_tape(
@@ -47,6 +53,7 @@ def train_with_tape(
     seed: int | None = None,
     verbose: int = 1,
     jit_compile: bool = False,
+    variables: Literal["kernels", "all"] | Callable = KERNELS,
 ) -> dict[str, list[float]]:
     """Trains ``model`` with a compiled GradientTape loop and logs its gradients.
 
@@ -76,6 +83,9 @@ def train_with_tape(
             (ignored under a multi-replica strategy or with op determinism).
             It compiles for a few seconds at the start; whether it pays
             depends on the layers' size (docs/benchmarks.md).
+        variables: ``"kernels"``, ``"all"`` or a predicate
+            ``callable(variable) -> bool``: the trainable variables logged
+            (see :func:`tbgrad.stats.tracked_variables`).
 
     Returns:
         The history: ``{"loss": [...], "accuracy": [...], "val_loss": ...}``.
@@ -86,10 +96,12 @@ def train_with_tape(
         >>> history = tbgrad.train_with_tape(
         ...     model, x, y, epochs=100, optimizer="rmsprop", log_dir="logs/tape")
     """
+    check_keras_backend("tbgrad.train_with_tape")
     check_int("epochs", epochs)
     check_int("batch_size", batch_size)
     check_histogram_freq(histogram_freq)
     check_update_freq(update_freq)
+    check_variables(variables)
     if shuffle_buffer is not None:
         check_int("shuffle_buffer", shuffle_buffer)
     if validation_batch_size is not None:
@@ -97,9 +109,7 @@ def train_with_tape(
     x, y = _float_arrays(x, y)
     if len(x) != len(y):
         raise ValueError(f"x and y differ in length. Received: len(x)={len(x)}, len(y)={len(y)}")
-    loop = _TapeLoop(
-        model, x.shape[1:], optimizer, loss, metrics, log_dir, update_freq, jit_compile
-    )
+    loop = _TapeLoop(model, x.shape[1:], optimizer, loss, metrics, jit_compile)
     train_ds = tf.data.Dataset.from_tensor_slices((x, y))
     if shuffle:
         buffer = shuffle_buffer or len(x)
@@ -110,13 +120,15 @@ def train_with_tape(
         xv, yv = _float_arrays(*validation_data)
         val_ds = tf.data.Dataset.from_tensor_slices((xv, yv))
         val_ds = val_ds.batch(validation_batch_size or batch_size)
+    if log_dir is not None:
+        loop.log_to(log_dir, histogram_freq, update_freq, variables)
     return loop.fit(train_ds, val_ds, epochs, histogram_freq, verbose)
 
 
 class _TapeLoop:
     """The parts of one ``train_with_tape`` call: steps, one epoch, the loop."""
 
-    def __init__(self, model, input_shape, optimizer, loss, metrics, log_dir, update_freq, jit):
+    def __init__(self, model, input_shape, optimizer, loss, metrics, jit):
         self.model = model
         self.strategy = _replica_strategy(model)
         # XLA is not used under a multi-replica strategy, nor with op
@@ -135,17 +147,34 @@ class _TapeLoop:
             self.out_units = int(outputs[0].shape[-1]) if outputs else 1
             self.metrics = [_metric(name, self.out_units) for name in metrics]
             self.loss_tracker = keras.metrics.Mean(name="loss")
-            self.stats = GradientStats(kernel_layers(model), jit_compile=self.jit)
-        self.logger = SummaryLogger(log_dir, self.stats) if log_dir is not None else None
-        self.update_freq = update_freq
-        self.log_steps = self.logger is not None and update_freq != EPOCH
+        self.gradients: GradientLogger | None = None
+        self.stats = self.logger = None
+        self.update_freq = EPOCH
+        self.log_steps = False
         self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.progbar = None
         if self.jit:
             self.train_step = tf.function(self.train_step, jit_compile=True)
             self.eval_step = tf.function(self.eval_step, jit_compile=True)
 
     def _scope(self):
         return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
+
+    def log_to(self, log_dir, histogram_freq, update_freq, variables):
+        # The GradientLogger hooks the optimizer and makes the statistics (in
+        # the model's strategy scope); the per-step batch_* scalars, which
+        # need the loss and metrics, are written by after_step.
+        self.gradients = GradientLogger(
+            self.model,
+            log_dir,
+            histogram_freq,
+            variables=variables,
+            optimizer=self.optimizer,
+            jit_compile=self.jit,
+        )
+        self.stats, self.logger = self.gradients.stats, self.gradients.summary
+        self.update_freq = update_freq
+        self.log_steps = update_freq != EPOCH
 
     # -- one step -----------------------------------------------------------
 
@@ -251,7 +280,8 @@ class _TapeLoop:
         # One compiled call per epoch: the resets, the training loop, the
         # evaluation and every value the epoch's summaries need, returned
         # together, rather than a few dozen eager reads and resets per epoch.
-        self.stats.reset(capture)
+        if self.stats is not None:
+            self.stats.reset(capture)
         self.reset_metrics()
         self.train_epoch(batches)
         out = {"train": self.results()}
@@ -280,25 +310,23 @@ class _TapeLoop:
                 self.optimizer.build(self.model.trainable_variables)
         run_epoch = tf.function(self.run_epoch)
         history: dict[str, list[float]] = {}
-        progbar = keras.utils.Progbar(epochs, unit_name="epoch") if verbose else None
         try:
-            with OptimizerHook(self.optimizer, self.stats):
-                if self.log_steps:
-                    self.logger.writer("train")  # created eagerly, used inside the graph
-                for epoch in range(epochs):
-                    histograms = bool(histogram_freq) and epoch % histogram_freq == 0
-                    out = run_epoch(
-                        train_ds if self.log_steps else iter(train_ds),
-                        iter(val_ds) if val_ds is not None else None,
-                        tf.constant(histograms),
-                    )
-                    self._end_epoch(epoch, out, histograms, history, progbar, epochs)
+            if self.log_steps:
+                self.logger.writer(tags.TRAIN_DIR)  # created eagerly, used inside the graph
+            for epoch in range(epochs):
+                histograms = bool(histogram_freq) and epoch % histogram_freq == 0
+                out = run_epoch(
+                    train_ds if self.log_steps else iter(train_ds),
+                    iter(val_ds) if val_ds is not None else None,
+                    tf.constant(histograms),
+                )
+                self._end_epoch(epoch, out, history, verbose, epochs)
         finally:
-            if self.logger is not None:
-                self.logger.close()
+            if self.gradients is not None:
+                self.gradients.close()
         return history
 
-    def _end_epoch(self, epoch, out, histograms, history, progbar, epochs):
+    def _end_epoch(self, epoch, out, history, verbose, epochs):
         out = tf.nest.map_structure(lambda t: t.numpy(), out)
         train_logs = {k: float(v) for k, v in out["train"].items()}
         val_logs = {k: float(v) for k, v in out.get("val", {}).items()}
@@ -306,17 +334,25 @@ class _TapeLoop:
             history.setdefault(key, []).append(value)
         for key, value in val_logs.items():
             history.setdefault(f"val_{key}", []).append(value)
-        if self.logger is not None:
-            self.logger.write_epoch(
+        if self.gradients is not None:
+            # The compiled epoch read the statistics and reset them itself.
+            self.gradients.end_epoch(
                 epoch,
                 {**train_logs, "learning_rate": float(out["learning_rate"])},
                 val_logs,
-                histograms=histograms,
+                reset=False,
                 snapshot=out["snapshot"],
             )
-        if progbar is not None:
+        if verbose:
             values = list(train_logs.items()) + [(f"val_{k}", v) for k, v in val_logs.items()]
-            progbar.update(epoch + 1, values=values, finalize=epoch + 1 == epochs)
+            if self.progbar is None:
+                # Every value is the epoch's own: without stateful_metrics the
+                # bar would show their running average over the epochs so far.
+                names = [name for name, _ in values]
+                self.progbar = keras.utils.Progbar(
+                    epochs, unit_name="epoch", stateful_metrics=names
+                )
+            self.progbar.update(epoch + 1, values=values, finalize=epoch + 1 == epochs)
 
 
 def _float_arrays(x, y):

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from tbgrad._validate import check_configured_keras_backend
 from tbgrad.cli import common as cli
 from tbgrad.lab.choices import (
     DATASETS,
@@ -141,6 +142,9 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     """Runs ``train.py``; returns the exit code."""
     args = build_parser(prog).parse_args(argv)
     try:
+        # Before anything is created or Keras is imported (Keras fails on
+        # import when the backend it names is not installed).
+        check_configured_keras_backend(prog)
         config = config_from_args(args)
         check_logdir(args.logdir)
         if args.run_name is not None and not args.run_name.strip():

@@ -121,7 +121,7 @@ def test_make_optimizer_bad_input(kwargs, match):
         (dict(histogram_freq="1"), TypeError, "Received: histogram_freq='1'"),
         (dict(histogram_freq=NAN), TypeError, "Received: histogram_freq=nan"),
         (dict(update_freq=0), ValueError, "Received: update_freq=0"),
-        (dict(update_freq="batch"), ValueError, "Received: update_freq='batch'"),
+        (dict(update_freq="step"), ValueError, "Received: update_freq='step'"),
         (dict(update_freq=1.5), ValueError, r"Received: update_freq=1.5"),
     ],
 )

@@ -96,3 +96,35 @@ def test_write_raw_summary_writes_without_as_default(tmp_path):
 
 def test_op_determinism_getter():
     assert _compat.op_determinism_enabled() in (True, False)
+
+
+def test_loss_scale_optimizer_skips_through_its_skip_step():
+    opt = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1))
+    assert _compat.has_skip_step(opt), (
+        f"LossScaleOptimizer has no {_compat.LOSS_SCALE_SKIP_STEP}: this Keras release "
+        "changed how it skips a step"
+    )
+    assert not _compat.has_skip_step(keras.optimizers.SGD())
+    var = keras.Variable(np.ones(2, "float32"))
+    skips, updates = [], []
+    _compat.wrap_skip_step(opt, lambda: skips.append(1))
+    _compat.wrap_update_step(opt.inner_optimizer, lambda g, v: updates.append(1))
+    opt.apply([tf.constant([np.inf, 1.0])], [var])
+    assert (len(skips), len(updates)) == (1, 0), "a non-finite step was not skipped there"
+    opt.apply([tf.constant([1.0, 1.0])], [var])
+    assert (len(skips), len(updates)) == (1, 1), "a finite step went through the skip step"
+    _compat.unwrap_skip_step(opt)
+    _compat.unwrap_update_step(opt.inner_optimizer)
+    opt.apply([tf.constant([np.nan, 1.0])], [var])
+    assert len(skips) == 1
+
+
+def test_keras_tensorboard_has_the_parts_tbgrad_tensorboard_uses(tmp_path):
+    callback = keras.callbacks.TensorBoard(tmp_path)
+    callback.set_model(_model())
+    for name in _compat.KERAS_TENSORBOARD_METHODS:
+        assert hasattr(keras.callbacks.TensorBoard, name), (
+            f"keras.callbacks.TensorBoard has no {name}: tbgrad.TensorBoard overrides or calls it"
+        )
+    for name in _compat.KERAS_TENSORBOARD_ATTRIBUTES:
+        assert hasattr(callback, name), f"keras.callbacks.TensorBoard sets no {name}"

@@ -1,0 +1,263 @@
+"""``TensorBoard``: Keras's TensorBoard callback, with per-layer gradients.
+
+A subclass of ``keras.callbacks.TensorBoard`` that takes every argument of
+Keras's with the same meaning and adds tbgrad's tags. The gradients logged
+are the ones the optimizer applied in ``model.fit``'s real training steps:
+a :class:`~tbgrad.gradient_logger.GradientLogger` hooks the optimizer's
+update step (after loss-scale unscaling, gradient clipping and
+accumulation), accumulates per-layer statistics inside the compiled train
+step, and writes them once per epoch. Nothing is recomputed on another batch
+or on validation data.
+
+Its class name is ``TensorBoard`` because KerasTuner gives a callback of that
+name a folder per trial and the trial's HParams.
+"""
+
+from __future__ import annotations
+
+import os
+import types
+from collections.abc import Callable, Mapping
+from typing import Literal
+
+import keras
+
+from tbgrad import tags
+from tbgrad._validate import (
+    EPOCH,
+    check_histogram_freq,
+    check_keras_backend,
+    check_update_freq,
+    check_variables,
+)
+from tbgrad.gradient_logger import GradientLogger
+from tbgrad.stats import KERNELS, GradientStats
+
+
+class TensorBoard(keras.callbacks.TensorBoard):
+    """Keras's TensorBoard callback plus per-layer gradients and weights.
+
+    The same ``train/`` and ``validation/`` folders and ``epoch_*`` scalars as
+    ``keras.callbacks.TensorBoard``, plus for every layer with a kernel (or
+    every variable ``variables`` selects) the tags of :mod:`tbgrad.tags`
+    (``gradients/<layer>``, ``grad_mean_abs/<layer>``, ``weights/<layer>``,
+    ...). Keras's own per-epoch weight histograms (``<weight path>/histogram``)
+    are not written: ``weights/<layer>`` replaces them at a fraction of the
+    cost. Two defaults differ from Keras's: ``histogram_freq=1`` (histograms
+    are the point) and ``write_graph=False`` (the model graph is one more
+    tag in ``train/``; pass ``write_graph=True`` for it). Keras's
+    ``evaluation_<metric>_vs_iterations`` scalars are not written
+    (``validation/epoch_<metric>`` holds the same values).
+
+    The statistics are accumulated inside the compiled train step, so every
+    step counts also under ``model.compile(steps_per_execution=N)``.
+
+    Args:
+        log_dir: The run folder.
+        histogram_freq: Gradient and weight histograms every this many
+            epochs; 0 writes none. Scalars are written every epoch.
+        write_graph: Write the Keras model's graph (the ``keras`` tag of
+            ``train/``), as Keras does.
+        write_images: Write the weights as images every ``histogram_freq``
+            epochs, as Keras does.
+        write_steps_per_second: Write ``epoch_steps_per_second`` (and with
+            an integer ``update_freq``, ``batch_steps_per_second``).
+        update_freq: ``"epoch"``, ``"batch"`` (1) or an integer N to also
+            write ``batch_*`` scalars every N training steps at the global
+            step. With ``steps_per_execution`` > 1 fit has logs only at the
+            end of each execution: they are written there, at its last step,
+            whenever the execution crossed a multiple of N.
+        profile_batch: Batches to profile, as in Keras (0: none).
+        embeddings_freq: Save the embeddings every this many epochs for the
+            Projector, as Keras does.
+        embeddings_metadata: Metadata files of the embedding layers, as in
+            Keras.
+        variables: ``"kernels"``, ``"all"`` or a predicate
+            ``callable(variable) -> bool``: the trainable variables logged
+            (see :func:`tbgrad.stats.tracked_variables`).
+
+    Example:
+        >>> model.fit(x, y, epochs=10, validation_data=(xv, yv),
+        ...           callbacks=[tbgrad.TensorBoard("logs/run1")])
+    """
+
+    def __init__(
+        self,
+        log_dir: str | os.PathLike = "logs",
+        histogram_freq: int = 1,
+        write_graph: bool = False,
+        write_images: bool = False,
+        write_steps_per_second: bool = False,
+        update_freq: Literal["epoch", "batch"] | int = EPOCH,
+        profile_batch: int | tuple[int, int] = 0,
+        embeddings_freq: int = 0,
+        embeddings_metadata: str | Mapping[str, str] | None = None,
+        *,
+        variables: Literal["kernels", "all"] | Callable = KERNELS,
+    ):
+        check_keras_backend(f"tbgrad.{type(self).__name__}")
+        check_histogram_freq(histogram_freq)
+        update_freq = 1 if update_freq == "batch" else update_freq
+        check_update_freq(update_freq)
+        check_variables(variables)
+        super().__init__(
+            log_dir=os.fspath(log_dir),
+            histogram_freq=histogram_freq,
+            write_graph=write_graph,
+            write_images=write_images,
+            write_steps_per_second=write_steps_per_second,
+            update_freq=update_freq,
+            profile_batch=profile_batch,
+            embeddings_freq=embeddings_freq,
+            embeddings_metadata=embeddings_metadata,
+        )
+        self.variables = variables
+        self._gradients: GradientLogger | None = None
+        self._hooked = False
+        self._model_summary_due = False
+        self._global_step = 0
+        self._epoch_first_step = 0
+        if update_freq == EPOCH and not self._should_trace:
+            # Nothing to do per batch: keep Keras's default no-op batch hooks.
+            # A callback that overrides on_train_batch_end turns off Keras 3's
+            # asynchronous batch-end dispatch and makes every step wait.
+            for hook in ("on_train_batch_begin", "on_train_batch_end"):
+                default = getattr(keras.callbacks.Callback, hook)
+                setattr(self, hook, types.MethodType(default, self))
+
+    # -- Keras hooks ----------------------------------------------------------
+
+    def on_train_begin(self, logs=None):
+        if self.model.optimizer is None:
+            raise ValueError(
+                f"tbgrad.{type(self).__name__} needs a compiled model with an optimizer. "
+                f"Received: model.optimizer={self.model.optimizer!r}"
+            )
+        # A subclassed model is built only when fit first traces its train
+        # step: the statistics are then made from inside that trace.
+        self._gradients = GradientLogger(
+            self.model,
+            self.log_dir,
+            self.histogram_freq,
+            variables=self.variables,
+            jit_compile=self.model.jit_compile,
+        )
+        self._hooked = True
+        # A train function traced before this fit would not call the hook.
+        self.model.train_function = None
+        self.model.make_train_function(force=True)
+        self._global_step = 0
+        super().on_train_begin(logs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        super().on_epoch_begin(epoch, logs)
+        self._epoch_first_step = self._global_step
+        self._gradients.begin_epoch(epoch)
+
+    def on_train_batch_end(self, batch, logs=None):
+        # Keras's part: the train graph, batch_steps_per_second, profiling.
+        # Its batch_<metric> scalars are written below, at tbgrad's step.
+        super().on_train_batch_end(batch, None)
+        if self.update_freq == EPOCH:
+            return
+        # ``batch`` is the epoch's index of the last step just run: with
+        # ``steps_per_execution`` > 1, fit calls this once per execution, so
+        # the steps are counted from it, not from the calls (fit's index runs
+        # past a short last execution: it is capped at the epoch's steps).
+        # The logs exist only at the end of an execution: they are written
+        # there when an execution crossed a multiple of update_freq.
+        done = batch + 1
+        steps = (self.params or {}).get("steps")
+        if steps:
+            done = min(done, steps)
+        previous = self._global_step
+        self._global_step = self._epoch_first_step + done
+        if self._global_step // self.update_freq > previous // self.update_freq:
+            self._gradients.summary.write_step(self._global_step, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        if self.write_steps_per_second:
+            logs["steps_per_second"] = self._compute_steps_per_second()
+        self._gradients.end_epoch(epoch, logs, reset=False)
+        self._write_model_graph()
+        if self._gradients.histograms_due(epoch):
+            self._log_weights(epoch)
+        if self.embeddings_freq and epoch % self.embeddings_freq == 0:
+            self._log_embeddings(epoch)
+
+    def on_train_end(self, logs=None):
+        super().on_train_end(logs)
+        self.close()
+
+    # Validation writes only its epoch_* scalars (on_epoch_end): no
+    # evaluation_*_vs_iterations, no writer pushed per validation batch.
+    def on_test_begin(self, logs=None):
+        pass
+
+    def on_test_end(self, logs=None):
+        pass
+
+    def on_test_batch_begin(self, batch, logs=None):
+        pass
+
+    def close(self) -> None:
+        """Restores the optimizer and flushes and closes the event files.
+
+        ``model.fit`` calls this at the end of training; call it yourself when
+        training stops by an exception (KeyboardInterrupt, say) so that every
+        finished epoch is on disk. Safe to call more than once.
+        """
+        if self._gradients is not None:
+            self._gradients.close()
+        if self._hooked:
+            self._hooked = False
+            # Later fits without this callback must not keep updating our stats.
+            self.model.train_function = None
+
+    # -- Keras's private parts (tbgrad._compat.KERAS_TENSORBOARD_*) ------------
+
+    @property
+    def _train_writer(self):
+        # One writer per folder, shared with tbgrad's tags: one event file.
+        if self._gradients is None:
+            return super()._train_writer
+        return self._gradients.summary.writer(tags.TRAIN_DIR)
+
+    @property
+    def _val_writer(self):
+        if self._gradients is None:
+            return super()._val_writer
+        return self._gradients.summary.writer(tags.VALIDATION_DIR)
+
+    def _write_keras_model_summary(self):
+        # Keras writes the model summary in set_model, before fit has built
+        # the model and before tbgrad's writers exist: it is written at the
+        # end of the first epoch instead (at step 0, as Keras's).
+        self._model_summary_due = True
+
+    def _write_model_graph(self):
+        if self._model_summary_due:
+            self._model_summary_due = False
+            super()._write_keras_model_summary()
+        if self._should_write_train_graph:
+            self._should_write_train_graph = False
+            self._write_keras_model_train_graph()
+
+    def _log_weights(self, epoch):
+        # Keras's weight histograms are tbgrad's weights/<layer> tags; only
+        # its weight images (write_images) are written here, as Keras does.
+        if not self.write_images:
+            return
+        with self._train_writer.as_default():
+            for layer in self.model.layers:
+                for weight in layer.weights:
+                    name = weight.path.replace(":", "_")
+                    self._log_weight_as_image(weight, f"{name}/image", epoch)
+
+    @property
+    def _stats(self) -> GradientStats | None:
+        return self._gradients._stats if self._gradients is not None else None
+
+
+__all__ = ["TensorBoard"]
