@@ -8,7 +8,9 @@ whose reservoir bookkeeping of every value a finished run folder does not
 need. Tensors are decoded with
 ``tensorboard.util.tensor_util``, except for the two layouts every tbgrad
 and Keras summary uses (a float32 scalar in ``float_val``, a float64
-histogram in ``tensor_content``), which are read directly.
+histogram in ``tensor_content``), which are read directly. Folders are
+listed with ``tf.io.gfile``, so runs are read from any TensorFlow filesystem
+(``gs://``, ``ram://``, ...) as from a local folder (:mod:`tbgrad._paths`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from tensorboard.backend.event_processing import event_file_loader
 from tensorboard.compat.proto import types_pb2
 from tensorboard.util import tensor_util
 
-from tbgrad import tags
+from tbgrad import _paths, tags
 
 SPLITS = (tags.TRAIN_DIR, tags.VALIDATION_DIR)
 
@@ -49,7 +51,7 @@ class SplitData:
 class RunData:
     """Everything a run folder holds, by split."""
 
-    path: Path
+    path: Path | str  # a string for a URL (see tbgrad._paths)
     splits: dict[str, SplitData]
 
     @property
@@ -63,13 +65,14 @@ class RunData:
 
 def load_split(path: str | os.PathLike) -> SplitData:
     """Reads every event file in ``path`` (one split of a run), oldest first."""
-    path = Path(path)
+    gfile = _paths.gfile()
     out = SplitData()
-    if not path.is_dir():
+    if not gfile.isdir(os.fspath(path)):
         return out
-    out.event_files = sorted(p.name for p in path.iterdir() if ".tfevents." in p.name)
+    out.event_files = sorted(n for n in gfile.listdir(os.fspath(path)) if ".tfevents." in n)
     for name in out.event_files:
-        for event in event_file_loader.EventFileLoader(str(path / name)).Load():
+        loader = event_file_loader.EventFileLoader(os.fspath(_paths.join(path, name)))
+        for event in loader.Load():
             for value in event.summary.value:
                 if not value.HasField("tensor"):
                     continue
@@ -99,16 +102,23 @@ def _array(proto) -> np.ndarray:
 
 
 def load_run(run_dir: str | os.PathLike) -> RunData:
-    """Reads a run folder written by tbgrad (or Keras's TensorBoard callback)."""
-    run_dir = Path(run_dir)
-    return RunData(run_dir, {split: load_split(run_dir / split) for split in SPLITS})
+    """Reads a run folder written by tbgrad (or Keras's TensorBoard callback).
+
+    ``run_dir`` is a local path or a URL (``gs://bucket/logs/run-1``).
+    """
+    run_dir = _paths.as_path(run_dir)
+    return RunData(run_dir, {split: load_split(_paths.join(run_dir, split)) for split in SPLITS})
 
 
-def find_runs(logdir: str | os.PathLike) -> list[Path]:
-    """Every run folder under ``logdir`` (a folder with a ``train/`` of events)."""
-    logdir = Path(logdir)
+def find_runs(logdir: str | os.PathLike) -> list[Path | str]:
+    """Every run folder under ``logdir`` (a folder with a ``train/`` of events),
+    in path order; :class:`~pathlib.Path` objects, or strings under a URL."""
+    top = _paths.parts(logdir)
     runs = []
-    for train in sorted(logdir.rglob(tags.TRAIN_DIR)):
-        if train.is_dir() and any(".tfevents." in p.name for p in train.iterdir()):
-            runs.append(train.parent)
-    return runs
+    for folder, _, files in _paths.gfile().walk(os.fspath(logdir)):
+        inner = _paths.parts(folder)
+        # A train/ folder below logdir (not logdir itself) holding events.
+        if len(inner) > len(top) and inner[-1] == tags.TRAIN_DIR:
+            if any(".tfevents." in f for f in files):
+                runs.append(_paths.parent(folder))
+    return sorted(runs, key=_paths.parts)

@@ -6,6 +6,7 @@ import os
 import sys
 from pathlib import Path
 
+from tbgrad import _paths
 from tbgrad.cli import common as cli
 
 PROG = "report.py"
@@ -18,7 +19,11 @@ def build_parser(prog: str = PROG):
         "run, its config, final train and validation accuracy, final mean |g| per "
         "layer, the gradient ratio and the verdict.",
     )
-    p.add_argument("logdir", metavar="LOGDIR", help="a folder of runs (or one run folder)")
+    p.add_argument(
+        "logdir",
+        metavar="LOGDIR",
+        help="a folder of runs (or one run folder), local or a URL (gs://bucket/logs)",
+    )
     p.add_argument(
         "--png",
         metavar="DIR",
@@ -31,11 +36,17 @@ def build_parser(prog: str = PROG):
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     """Runs ``report.py``; returns the exit code."""
     args = build_parser(prog).parse_args(argv)
-    logdir = Path(args.logdir)
-    if not logdir.is_dir():
+    # Local paths are checked before TensorFlow loads (bad input fails fast);
+    # reading runs, and any URL, goes through tf.io.gfile.
+    if not _paths.is_url(args.logdir) and not Path(args.logdir).is_dir():
         return cli.fail(prog, f"LOGDIR {args.logdir!r} is not a folder")
-    if args.png is not None and Path(args.png).exists() and not Path(args.png).is_dir():
-        return cli.fail(prog, f"--png {args.png!r} exists and is not a folder")
+    png = args.png
+    if png is not None and not _paths.is_url(png) and Path(png).exists() and not Path(png).is_dir():
+        return cli.fail(prog, f"--png {png!r} exists and is not a folder")
+    cli.import_tensorflow_quietly()
+    logdir = _paths.as_path(args.logdir)
+    if not _is_folder(logdir):
+        return cli.fail(prog, f"LOGDIR {args.logdir!r} is not a folder")
 
     from tbgrad.eventlog import find_runs
 
@@ -45,7 +56,6 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
             f"no TensorBoard runs under {args.logdir!r} (a run is a folder with a train/ "
             "folder of event files)",
         )
-    cli.import_tensorflow_quietly()
     from tbgrad.lab import report
     from tbgrad.lab.sweep import INCOMPLETE
 
@@ -55,13 +65,23 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     print(report.format_table(summaries))
     if args.png is not None:
         written = [
-            report.write_run_figure(s, Path(args.png) / report.figure_name(s)) for s in summaries
+            report.write_run_figure(s, _paths.join(png, report.figure_name(s))) for s in summaries
         ]
-        sweep = report.write_sweep_figure(summaries, Path(args.png) / "sweep.png")
+        sweep = report.write_sweep_figure(summaries, _paths.join(png, "sweep.png"))
         if sweep is not None:
             written.append(sweep)
-        print(f"wrote {len(written)} figures to {os.path.normpath(args.png)}")
+        shown = png if _paths.is_url(png) else os.path.normpath(png)
+        print(f"wrote {len(written)} figures to {shown}")
     return 0
+
+
+def _is_folder(path) -> bool:
+    import tensorflow as tf
+
+    try:
+        return tf.io.gfile.isdir(str(path))
+    except tf.errors.OpError:  # e.g. no filesystem for the URL's scheme
+        return False
 
 
 if __name__ == "__main__":

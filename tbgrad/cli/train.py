@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from tbgrad._paths import is_url
 from tbgrad._validate import check_configured_keras_backend
 from tbgrad.cli import common as cli
 from tbgrad.lab.choices import (
@@ -84,7 +85,12 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
 
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     """The run: its folder, seed, what it logs, devices and output."""
-    p.add_argument("--logdir", default="logs", help="folder of runs (default logs)")
+    p.add_argument(
+        "--logdir",
+        default="logs",
+        help="folder of runs, local or a URL (gs://bucket/logs, any tf.io.gfile "
+        "filesystem) (default logs)",
+    )
     p.add_argument(
         "--run-name", help="run folder name (default derived from the config; never reused)"
     )
@@ -146,6 +152,9 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
         # import when the backend it names is not installed).
         check_configured_keras_backend(prog)
         config = config_from_args(args)
+        if is_url(args.logdir):
+            # Checking a URL (gs://...) needs TensorFlow's filesystems.
+            cli.import_tensorflow_quietly(initialize_devices=False)
         check_logdir(args.logdir)
         if args.run_name is not None and not args.run_name.strip():
             raise ValueError("run name must not be empty. Received: --run-name ''")
@@ -184,15 +193,20 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
             prog,
             err,
             f"every finished epoch is in {run_dirs[0]}; "
-            f"view: tensorboard --logdir {os.path.normpath(args.logdir)}",
+            f"view: tensorboard --logdir {_shown(args.logdir)}",
         )
     print(
         f"final accuracy: train {result.train_accuracy:.3f}, test {result.test_accuracy:.3f} "
         f"(loss {result.train_loss:.4f} / {result.test_loss:.4f}, {result.seconds:.1f}s)"
     )
     print(f"verdict: {result.extra['verdict']['label']} ({result.extra['verdict']['reason']})")
-    print(f"view: tensorboard --logdir {os.path.normpath(args.logdir)}")
+    print(f"view: tensorboard --logdir {_shown(args.logdir)}")
     return 0
+
+
+def _shown(logdir: str) -> str:
+    # normpath would turn gs://bucket into gs:/bucket.
+    return logdir if is_url(logdir) else os.path.normpath(logdir)
 
 
 if __name__ == "__main__":

@@ -7,12 +7,12 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from tbgrad import _paths
 from tbgrad.gradient_tensorboard import GradientTensorBoard
 from tbgrad.hparams import write_hparams
 from tbgrad.lab.config import RunConfig
@@ -36,7 +36,7 @@ VALIDATION_BATCH_SIZE = 1024
 class RunResult:
     """What one run produced."""
 
-    run_dir: Path
+    run_dir: _paths.RunPath  # a Path, or a string for a URL (gs://...)
     config: RunConfig
     history: dict[str, list[float]]
     train_accuracy: float
@@ -102,7 +102,8 @@ def run(
 
     Args:
         config: A validated run configuration.
-        logdir: The folder of runs; created if missing.
+        logdir: The folder of runs, local or a URL (``gs://bucket/logs``,
+            any filesystem of ``tf.io.gfile``); created if missing.
         run_name: The run folder's name (default ``config.run_name()``); a
             taken name gets a ``-2``, ``-3``, ... suffix, never reused.
         verbose: 0 silent, 1 a progress bar over the epochs.
@@ -130,7 +131,7 @@ def run(
     return _result(config, run_dir, data, model, history, time.perf_counter() - start)
 
 
-def _fit(config: RunConfig, data, model, optimizer, strategy, run_dir: Path, verbose: int) -> dict:
+def _fit(config: RunConfig, data, model, optimizer, strategy, run_dir, verbose: int) -> dict:
     """Trains with ``model.fit`` and :class:`GradientTensorBoard`; returns the history."""
     with strategy.scope():
         model.compile(
@@ -160,7 +161,7 @@ def _fit(config: RunConfig, data, model, optimizer, strategy, run_dir: Path, ver
         callback.close()
 
 
-def _tape(config: RunConfig, data, model, optimizer, run_dir: Path, verbose: int) -> dict:
+def _tape(config: RunConfig, data, model, optimizer, run_dir, verbose: int) -> dict:
     """Trains with :func:`tbgrad.train_with_tape`; returns the history."""
     return train_with_tape(
         model,
@@ -179,9 +180,7 @@ def _tape(config: RunConfig, data, model, optimizer, run_dir: Path, verbose: int
     )
 
 
-def _result(
-    config: RunConfig, run_dir: Path, data, model, history: dict, seconds: float
-) -> RunResult:
+def _result(config: RunConfig, run_dir, data, model, history: dict, seconds: float) -> RunResult:
     """The trained model's figures on all of both halves, and the run's verdict."""
     train_loss, train_acc = evaluate(model, data.x_train, data.y_train)
     test_loss, test_acc = evaluate(model, data.x_test, data.y_test)
@@ -199,12 +198,11 @@ def _result(
     return result
 
 
-def write_result(result: RunResult) -> Path:
-    """Writes :data:`RESULT_FILE` (config and final figures) into the run folder."""
-    path = result.run_dir / RESULT_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result.to_dict(), indent=2, sort_keys=True))
-    os.replace(tmp, path)
+def write_result(result: RunResult) -> _paths.RunPath:
+    """Writes :data:`RESULT_FILE` (config and final figures) into the run
+    folder, whole or not at all; returns its path."""
+    path = _paths.join(result.run_dir, RESULT_FILE)
+    _paths.write_text(path, json.dumps(result.to_dict(), indent=2, sort_keys=True))
     return path
 
 

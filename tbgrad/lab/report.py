@@ -7,7 +7,9 @@ and the verdict of :mod:`tbgrad.verdict`. :func:`format_table` prints them;
 :func:`write_run_figure` draws study B's panels for one run and
 :func:`write_sweep_figure` final accuracy and gradient ratio against depth,
 one line per activation/init. Figures use matplotlib's Agg canvas (no
-display needed, no global pyplot state).
+display needed, no global pyplot state). Log folders and figure folders can
+be local paths or URLs of any TensorFlow filesystem (``gs://``, ``ram://``):
+see :mod:`tbgrad._paths`.
 """
 
 from __future__ import annotations
@@ -17,13 +19,12 @@ import math
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from tbgrad import tags
+from tbgrad import _paths, tags
 from tbgrad.eventlog import RunData, find_runs, load_run
 from tbgrad.lab.averages import geomean
 from tbgrad.lab.experiment import RESULT_FILE
@@ -38,7 +39,7 @@ class RunSummary:
     """One run of a report."""
 
     name: str
-    path: Path
+    path: _paths.RunPath
     config: dict | None
     train_accuracy: float
     val_accuracy: float
@@ -50,17 +51,18 @@ class RunSummary:
 
 def summarize(logdir: str | os.PathLike) -> list[RunSummary]:
     """Reads every run under ``logdir`` (skipping sweeps' ``.incomplete-N``)."""
-    logdir = Path(logdir)
     out = []
     for path in find_runs(logdir):
-        rel = path.relative_to(logdir) if path != logdir else Path(path.name)
-        if any(INCOMPLETE in part for part in rel.parts):
+        # A run's name is its path under logdir; logdir itself, its folder name.
+        rel = _paths.relative(path, logdir)
+        rel = _paths.name(path) if rel in ("", ".") else rel
+        if any(INCOMPLETE in part for part in rel.split("/")):
             continue
         run = load_run(path)
         accuracy = tags.epoch_tag("accuracy")
         out.append(
             RunSummary(
-                name=str(rel),
+                name=rel,
                 path=path,
                 config=_config(path),
                 train_accuracy=_last(run.train.scalar(accuracy)),
@@ -121,10 +123,10 @@ def format_table(summaries: list[RunSummary]) -> str:
 
 def figure_name(summary: RunSummary) -> str:
     """The PNG file name of a run's figure (sub-folders joined by ``__``)."""
-    return summary.name.replace(os.sep, "__") + ".png"
+    return summary.name.replace("/", "__") + ".png"
 
 
-def write_run_figure(summary: RunSummary, path: str | os.PathLike) -> Path:
+def write_run_figure(summary: RunSummary, path: str | os.PathLike) -> _paths.RunPath:
     """Draws study B's panels of one run into the PNG ``path``.
 
     Top row: per-layer gradient mean |g| and std (log axes), the loss.
@@ -154,7 +156,9 @@ def write_run_figure(summary: RunSummary, path: str | os.PathLike) -> Path:
     return _save(fig, path)
 
 
-def write_sweep_figure(summaries: list[RunSummary], path: str | os.PathLike) -> Path | None:
+def write_sweep_figure(
+    summaries: list[RunSummary], path: str | os.PathLike
+) -> _paths.RunPath | None:
     """Draws final validation accuracy and gradient ratio against depth.
 
     One line per group of runs that differ only in depth and seed (labelled
@@ -204,9 +208,9 @@ def write_sweep_figure(summaries: list[RunSummary], path: str | os.PathLike) -> 
     return _save(fig, path)
 
 
-def _config(path: Path) -> dict | None:
+def _config(path: _paths.RunPath) -> dict | None:
     try:
-        return json.loads((path / RESULT_FILE).read_text())["config"]
+        return json.loads(_paths.read_text(_paths.join(path, RESULT_FILE)))["config"]
     except (OSError, ValueError, KeyError):
         return None
 
@@ -243,8 +247,12 @@ def _finish(ax, title: str, legend: bool) -> None:
         ax.legend(fontsize="small")
 
 
-def _save(fig: Figure, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+def _save(fig: Figure, path) -> _paths.RunPath:
+    path = _paths.as_path(path)
+    _paths.gfile().makedirs(str(_paths.parent(path)))
+    if isinstance(path, str):  # a URL: matplotlib writes local files only
+        with _paths.gfile().GFile(path, "wb") as f:
+            fig.savefig(f, format="png")
+    else:
+        fig.savefig(path)
     return path
