@@ -18,7 +18,7 @@ from typing import Literal
 import keras
 import tensorflow as tf
 
-from tbgrad import _compat, tags
+from tbgrad import _compat, _multi_worker, tags
 from tbgrad._validate import (
     EPOCH,
     check_histogram_freq,
@@ -43,7 +43,10 @@ class GradientLogger:
 
     Args:
         model: The Keras model being trained.
-        log_dir: The run folder (``train/`` and ``validation/`` go under it).
+        log_dir: The run folder (``train/`` and ``validation/`` go under it),
+            local or a URL (``gs://...``). Under ``MultiWorkerMirroredStrategy``
+            (the model built in its scope) give every worker the same one:
+            only the chief writes it, the others a temporary local folder.
         histogram_freq: Gradient and weight histograms every this many
             epochs; 0 writes none.
         update_freq: ``"epoch"``, or an integer N to also write
@@ -99,7 +102,11 @@ class GradientLogger:
         check_update_freq(update_freq)
         check_variables(variables)
         self.model = model
-        self.log_dir = os.fspath(log_dir)
+        # Under a multi-worker strategy only the chief writes into log_dir;
+        # the other workers write into a temporary folder, removed on close.
+        self.log_dir, self._temporary_log_dir = _multi_worker.writable_log_dir(
+            os.fspath(log_dir), getattr(model, "distribute_strategy", None)
+        )
         self.histogram_freq = histogram_freq
         self.update_freq = update_freq
         self.variables = variables
@@ -206,6 +213,8 @@ class GradientLogger:
             self._hook.remove()
             self._hook = None
         self.summary.close()
+        if self._temporary_log_dir:
+            _multi_worker.remove_temporary(self.log_dir)
 
     def __enter__(self) -> GradientLogger:
         return self

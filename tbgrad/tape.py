@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tbgrad import _compat, tags
+from tbgrad import _compat, _multi_worker, tags
 from tbgrad._validate import (
     EPOCH,
     check_histogram_freq,
@@ -71,13 +71,17 @@ def train_with_tape(
         validation_batch_size: Samples per evaluation step (default
             ``batch_size``, as in ``model.fit``). Larger batches evaluate
             faster and give the same figures up to float32 rounding.
-        log_dir: The run folder; None trains without logging.
+        log_dir: The run folder, local or a URL (``gs://...``); None trains
+            without logging. Under ``MultiWorkerMirroredStrategy`` give every
+            worker the same one: only the chief writes it.
         histogram_freq: Histograms every this many epochs (0: none).
         update_freq: ``"epoch"`` or an integer N: ``batch_*`` scalars every N
             steps at the global step.
         shuffle: Reshuffle the training data every epoch.
         shuffle_buffer: The shuffle buffer (default: the whole data set).
-        seed: Seed of the shuffling.
+        seed: Seed of the shuffling. Needed to shuffle on several workers
+            (``MultiWorkerMirroredStrategy``): each takes its share of every
+            global batch, so all must shuffle alike.
         verbose: 0 silent, 1 a progress bar over the epochs.
         jit_compile: Compile each training and evaluation step with XLA
             (ignored under a multi-replica strategy or with op determinism).
@@ -106,6 +110,11 @@ def train_with_tape(
         check_int("shuffle_buffer", shuffle_buffer)
     if validation_batch_size is not None:
         check_int("validation_batch_size", validation_batch_size)
+    if shuffle and seed is None and _multi_worker.is_multi_worker(_model_strategy(model)):
+        raise ValueError(
+            "shuffling on several workers needs a seed, the same on every worker, so "
+            "that they split the same global batches. Received: shuffle=True, seed=None"
+        )
     x, y = _float_arrays(x, y)
     if len(x) != len(y):
         raise ValueError(f"x and y differ in length. Received: len(x)={len(x)}, len(y)={len(y)}")
@@ -359,9 +368,14 @@ def _float_arrays(x, y):
     return np.asarray(x, dtype="float32"), np.asarray(y, dtype="float32")
 
 
+def _model_strategy(model):
+    # The strategy the model was built under.
+    return getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
+
+
 def _replica_strategy(model):
     # The strategy the model was built under, if it spans several replicas.
-    strategy = getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
+    strategy = _model_strategy(model)
     return strategy if strategy.num_replicas_in_sync > 1 else None
 
 

@@ -22,7 +22,7 @@ from typing import Literal
 
 import keras
 
-from tbgrad import tags
+from tbgrad import _multi_worker, tags
 from tbgrad._validate import (
     EPOCH,
     check_histogram_freq,
@@ -96,6 +96,7 @@ class TensorBoard(keras.callbacks.TensorBoard):
         variables: Literal["kernels", "all"] | Callable = KERNELS,
     ):
         check_keras_backend(f"tbgrad.{type(self).__name__}")
+        _multi_worker.check_fit(f"tbgrad.{type(self).__name__}")
         check_histogram_freq(histogram_freq)
         update_freq = 1 if update_freq == "batch" else update_freq
         check_update_freq(update_freq)

@@ -12,9 +12,11 @@ from tbgrad.cli import common as cli
 from tbgrad.lab.choices import (
     DATASETS,
     LOOPS,
+    MULTI_WORKER,
     NAMED_ACTIVATIONS,
     NAMED_INITIALIZERS,
     OPTIMIZERS,
+    STRATEGIES,
 )
 from tbgrad.lab.config import make_config
 from tbgrad.lab.presets import PRESET_DESCRIPTIONS, PRESETS
@@ -118,6 +120,14 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         help="train on N devices with MirroredStrategy (N GPUs, else N logical "
         "CPUs; --batch-size is the global batch) (default 1)",
     )
+    p.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        default="local",
+        help="multi-worker: MultiWorkerMirroredStrategy over the workers TF_CONFIG names, "
+        "with the tape loop; run the same command on every worker, only the chief "
+        "writes the run (default local)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -135,7 +145,8 @@ def config_from_args(args: argparse.Namespace):
         epochs=args.epochs,
         batch_size=args.batch_size,
         dataset=args.dataset,
-        loop=args.loop,
+        # Keras 3's fit does not run on several workers: the tape loop does.
+        loop=args.loop or ("tape" if args.strategy == MULTI_WORKER else None),
         seed=args.seed,
         histogram_freq=args.histogram_freq,
         update_freq=args.update_freq,
@@ -158,10 +169,8 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
         check_logdir(args.logdir)
         if args.run_name is not None and not args.run_name.strip():
             raise ValueError("run name must not be empty. Received: --run-name ''")
-        # Devices are initialized once --replicas is known: logical CPU
-        # devices can only be configured before that.
-        cli.import_tensorflow_quietly(initialize_devices=False)
-        cli.initialize_devices_quietly(config.replicas)
+        _check_strategy(args.strategy, config)
+        _start_devices(args.strategy, config)
     except (ValueError, TypeError) as err:
         return cli.fail(prog, str(err))
 
@@ -181,6 +190,7 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
                 run_name=args.run_name,
                 verbose=0 if args.quiet else 1,
                 on_start=started,
+                multi_worker=args.strategy == MULTI_WORKER,
             )
             experiment.write_result(result)
     except ValueError as err:
@@ -199,9 +209,41 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
         f"final accuracy: train {result.train_accuracy:.3f}, test {result.test_accuracy:.3f} "
         f"(loss {result.train_loss:.4f} / {result.test_loss:.4f}, {result.seconds:.1f}s)"
     )
+    if not result.writes:
+        print("this worker is not the chief: the chief writes the run")
+        return 0
     print(f"verdict: {result.extra['verdict']['label']} ({result.extra['verdict']['reason']})")
     print(f"view: tensorboard --logdir {_shown(args.logdir)}")
     return 0
+
+
+def _check_strategy(strategy: str, config) -> None:
+    if strategy != MULTI_WORKER:
+        return
+    if config.loop == "fit":
+        raise ValueError(
+            "--strategy multi-worker trains with the tape loop: Keras 3's fit does not run "
+            "under MultiWorkerMirroredStrategy (https://github.com/keras-team/keras/issues/"
+            "20585). Received: --loop fit"
+        )
+    if config.replicas != 1:
+        raise ValueError(
+            "--strategy multi-worker trains on every device of each worker; --replicas "
+            f"splits one machine. Received: --replicas {config.replicas}"
+        )
+
+
+def _start_devices(strategy: str, config) -> None:
+    # TensorFlow's devices are initialized once the flags are known: logical
+    # CPU devices (--replicas) and MultiWorkerMirroredStrategy's collective
+    # ops can only be configured before that.
+    cli.import_tensorflow_quietly(initialize_devices=False)
+    if strategy == MULTI_WORKER:
+        from tbgrad.lab.distribute import start_multi_worker
+
+        start_multi_worker()
+    else:
+        cli.initialize_devices_quietly(config.replicas)
 
 
 def _shown(logdir: str) -> str:

@@ -12,6 +12,10 @@ from __future__ import annotations
 
 DATASETS = ("circles-a", "circles-b")
 LOOPS = ("fit", "tape")
+# local: one process (MirroredStrategy with --replicas N); multi-worker:
+# MultiWorkerMirroredStrategy over the processes TF_CONFIG names.
+MULTI_WORKER = "multi-worker"
+STRATEGIES = ("local", MULTI_WORKER)
 OPTIMIZERS = ("sgd", "rmsprop", "adam")
 # Study A's SGD rate; Keras's own default for the others.
 DEFAULT_LEARNING_RATES = {"sgd": 0.01, "rmsprop": 0.001, "adam": 0.001}

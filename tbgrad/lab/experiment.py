@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -12,7 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tbgrad import _paths
+from tbgrad import _multi_worker, _paths
 from tbgrad.gradient_tensorboard import GradientTensorBoard
 from tbgrad.hparams import write_hparams
 from tbgrad.lab.config import RunConfig
@@ -45,6 +46,8 @@ class RunResult:
     test_loss: float
     seconds: float
     extra: dict = field(default_factory=dict)
+    # False on a worker other than the chief: its run folder was temporary.
+    writes: bool = True
 
     def to_dict(self) -> dict:
         return {
@@ -97,6 +100,7 @@ def run(
     run_name: str | None = None,
     verbose: int = 1,
     on_start=None,
+    multi_worker: bool = False,
 ) -> RunResult:
     """Trains ``config`` into a new folder under ``logdir`` and returns the result.
 
@@ -108,6 +112,12 @@ def run(
             taken name gets a ``-2``, ``-3``, ... suffix, never reused.
         verbose: 0 silent, 1 a progress bar over the epochs.
         on_start: Called with the run folder once it exists.
+        multi_worker: Train under ``MultiWorkerMirroredStrategy`` (see
+            :func:`tbgrad.lab.distribute.start_multi_worker`), with the tape
+            loop. Only the chief writes the run, named
+            ``<config.run_name()>-w<workers>`` by default; the other workers
+            train in a temporary folder, removed at the end, and their
+            result has ``writes=False``.
 
     With ``config.deterministic``, TensorFlow's op determinism is turned on
     for the rest of the process (it cannot be turned off again). With
@@ -117,18 +127,41 @@ def run(
     config.validate()
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
-    strategy = make_strategy(config.replicas)
+    if multi_worker and config.loop == "fit":
+        raise _multi_worker.fit_unsupported("The fit loop", "loop='fit', multi_worker=True")
+    strategy = make_strategy(config.replicas, multi_worker)
     data, model, optimizer = build(config, strategy)
-    run_dir = create_run_dir(logdir, run_name or config.run_name())
-    write_hparams(run_dir, config.hparams())
-    if on_start is not None:
-        on_start(run_dir)
-    start = time.perf_counter()
-    if config.loop == "fit":
-        history = _fit(config, data, model, optimizer, strategy, run_dir, verbose)
-    else:
-        history = _tape(config, data, model, optimizer, run_dir, verbose)
-    return _result(config, run_dir, data, model, history, time.perf_counter() - start)
+    chief = _multi_worker.is_chief(strategy)
+    run_dir = _run_folder(config, logdir, run_name, strategy, chief)
+    try:
+        write_hparams(run_dir, config.hparams())
+        if on_start is not None and chief:
+            on_start(run_dir)
+        start = time.perf_counter()
+        if config.loop == "fit":
+            history = _fit(config, data, model, optimizer, strategy, run_dir, verbose)
+        else:
+            history = _tape(config, data, model, optimizer, run_dir, verbose)
+        result = _result(config, run_dir, data, model, history, time.perf_counter() - start)
+    finally:
+        if not chief:
+            _multi_worker.remove_temporary(run_dir)
+    result.writes = chief
+    if multi_worker:
+        result.extra["workers"] = _multi_worker.worker_count(strategy)
+    return result
+
+
+def _run_folder(config: RunConfig, logdir, run_name: str | None, strategy, chief: bool):
+    """A new run folder under ``logdir``; on a worker other than the chief, a
+    temporary local folder instead."""
+    if not chief:
+        return tempfile.mkdtemp(prefix=_multi_worker.TEMP_PREFIX)
+    if run_name is None:
+        run_name = config.run_name()
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            run_name += f"-w{_multi_worker.worker_count(strategy)}"
+    return create_run_dir(logdir, run_name)
 
 
 def _fit(config: RunConfig, data, model, optimizer, strategy, run_dir, verbose: int) -> dict:
@@ -198,9 +231,12 @@ def _result(config: RunConfig, run_dir, data, model, history: dict, seconds: flo
     return result
 
 
-def write_result(result: RunResult) -> _paths.RunPath:
+def write_result(result: RunResult) -> _paths.RunPath | None:
     """Writes :data:`RESULT_FILE` (config and final figures) into the run
-    folder, whole or not at all; returns its path."""
+    folder, whole or not at all; returns its path. A worker other than the
+    chief writes nothing and returns None."""
+    if not result.writes:
+        return None
     path = _paths.join(result.run_dir, RESULT_FILE)
     _paths.write_text(path, json.dumps(result.to_dict(), indent=2, sort_keys=True))
     return path
