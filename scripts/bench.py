@@ -7,7 +7,7 @@ python scripts/bench.py --workloads study-a --repeats 3 --json
 
 import sys
 
-from tbgrad.lab.bench import main
+from tbgrad.cli.bench import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -148,3 +148,21 @@ def op_determinism_enabled() -> bool:
     from tensorflow.python.framework.config import is_op_determinism_enabled
 
     return is_op_determinism_enabled()
+
+
+def functional_cond(pred, true_fn: Callable, false_fn: Callable):
+    """``tf.cond(pred, true_fn, false_fn)`` kept as one functional ``If`` op.
+
+    Inside a ``tf.function``, ``tf.cond`` is lowered to Switch and Merge ops,
+    and TensorFlow's executor runs every op of a graph holding those through
+    its control-flow bookkeeping: in a train step that costs more than the
+    rarely taken branch saves. ``cond_v2.indexed_case`` with
+    ``lower_using_switch_merge=False`` keeps the ``If`` op (its branches run
+    as function calls); no public API does. Eagerly, a branch is just called.
+    """
+    if tf.executing_eagerly():
+        return true_fn() if bool(pred) else false_fn()
+    from tensorflow.python.ops import cond_v2
+
+    index = tf.cast(pred, tf.int32)
+    return cond_v2.indexed_case(index, [false_fn, true_fn], lower_using_switch_merge=False)

@@ -61,6 +61,12 @@ class GradientLogger:
         jit_compile: Whether the train step is compiled with XLA
             (``tf.function(jit_compile=True)``): the statistics then take
             their XLA form (the same numbers).
+        stats_every: Compute the gradient statistics on every this many
+            training steps only (the epoch's steps 0, N, 2N, ...): the
+            epoch's ``grad_mean_abs``, ``grad_std`` and ``grad_nonfinite``
+            are then over those steps. For very large models, where the
+            statistics cost more than a few percent of a step. Default 1:
+            every step.
 
     Raises:
         ValueError: A bad argument, or Keras runs on a backend other than
@@ -98,6 +104,7 @@ class GradientLogger:
         jit_compile: bool = False,
     ):
         check_keras_backend(f"tbgrad.{type(self).__name__}")
+        self.stats_every = check_int("stats_every", stats_every, 1)
         check_histogram_freq(histogram_freq)
         check_update_freq(update_freq)
         check_variables(variables)
@@ -251,6 +258,7 @@ class GradientLogger:
                 layers,
                 jit_compile=self.jit_compile,
                 count_skips=self._hook is not None and self._hook.counts_skips,
+                stats_every=self.stats_every,
             )
         self._stats.reset(capture=self.histograms_due(self.epoch))
         self.summary.stats = self._stats

@@ -8,14 +8,13 @@ callback (through a hook on the optimizer) and the tape loop (directly) call
 Per step and per layer it adds mean |g| and std(g) of the kernel gradient and
 the number of non-finite entries; at the first step of an epoch it also keeps
 a copy of every kernel gradient for the histogram. The hot path is three
-row sums per group of layers and one ``assign_add``: small kernels of the same
-size are stacked and reduced together, so a deep model costs a few ops per
-step and per distinct kernel size rather than a dozen per layer (on a CPU
-the per-op cost, not the arithmetic, dominates for small kernels). The
-finite-only recount runs only in steps whose gradients hold a NaN or an Inf.
-In an XLA-compiled step (``jit_compile=True``) the sums are instead one
-matrix-vector product per group, always over the finite entries, with no
-``tf.cond`` (see :func:`_finite_sums_xla`).
+float32 reductions per kernel (sum |g|, sum g, sum g^2), one stack and one
+``assign_add``; a single ``tf.cond`` sends the rare steps (the epoch's first,
+whose gradients are kept, and any step whose sums are not finite, which are
+recounted over the finite entries in float64) to the work they need. In an
+XLA-compiled step (``jit_compile=True``) the sums are instead one
+matrix-vector product per group of same-size kernels, always over the finite
+entries, with no ``tf.cond`` (see :func:`_finite_sums_xla`).
 """
 
 from __future__ import annotations
@@ -27,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from tbgrad import _compat, tags
+from tbgrad._validate import check_int
 
 # Columns of the per-layer statistics matrix.
 MEAN_ABS, STD, NONFINITE = 0, 1, 2
@@ -35,9 +35,9 @@ N_STATS = 3
 # TensorBoard's own default (tensorboard/plugins/histogram/summary_v2.py).
 DEFAULT_BUCKET_COUNT = 30
 
-# Kernels up to this many entries are stacked with the others of their size
-# and reduced in one op; a bigger one is reduced alone, since stacking would
-# copy it every step for no saving.
+# In the finite-only recount and under XLA, kernels up to this many entries
+# are stacked with the others of their size and reduced in one op; a bigger
+# one is reduced alone, since stacking would copy it for no saving.
 STACK_MAX_SIZE = 16384
 
 
@@ -182,14 +182,26 @@ class GradientStats:
             differs (see :func:`_finite_sums_xla`).
         count_skips: Count the steps the optimizer skips (:meth:`skip`, for
             a LossScaleOptimizer) and report them per epoch.
+        stats_every: Compute the statistics on every this many steps only:
+            the epoch's steps 0, N, 2N, ... (its first step, whose gradients
+            the histograms show, is always one). The epoch's averages are
+            then over those steps. 1 (the default) counts every step. Without
+            XLA and on one device the other steps skip the statistics' work;
+            with XLA or several replicas they compute and discard it (a
+            ``tf.cond`` costs more there than it saves).
 
     Create it in the distribution strategy's scope (if any): its variables
     are then mirrored and updated by the first replica only.
     """
 
     def __init__(
-        self, layers: list[KernelLayer], jit_compile: bool = False, count_skips: bool = False
+        self,
+        layers: list[KernelLayer],
+        jit_compile: bool = False,
+        count_skips: bool = False,
+        stats_every: int = 1,
     ):
+        self.stats_every = check_int("stats_every", stats_every, 1)
         self.layers = list(layers)
         self.jit_compile = bool(jit_compile)
         self.count_skips = bool(count_skips)
@@ -204,7 +216,9 @@ class GradientStats:
         self._sums = tf.Variable(tf.zeros([n, N_STATS]), name="tbgrad_sums", **kwargs)
         # The last step's statistics, for per-step (update_freq=N) scalars.
         self._last = tf.Variable(tf.zeros([n, N_STATS]), name="tbgrad_last", **kwargs)
+        # Steps counted in the sums, and every step seen (for stats_every).
         self._steps = tf.Variable(tf.constant(0, tf.int64), name="tbgrad_steps", **kwargs)
+        self._seen = tf.Variable(tf.constant(0, tf.int64), name="tbgrad_seen", **kwargs)
         # Steps the optimizer skipped (non-finite loss-scaled gradients).
         self._skipped = tf.Variable(tf.constant(0, tf.int64), name="tbgrad_skipped", **kwargs)
         # Whether to keep the epoch's first gradients for the histograms.
@@ -223,6 +237,13 @@ class GradientStats:
         self._sizes = np.array(
             [np.prod(layer.kernel.shape) for layer in self.layers], dtype=np.float32
         )
+        # Scales the per-kernel [sum |g|, sum g, sum g^2 / 2] to means (0 for
+        # an empty variable, as divide_no_nan gives).
+        inverse = np.divide(1.0, self._sizes, out=np.zeros_like(self._sizes), where=self._sizes > 0)
+        self._to_means = np.stack([inverse, inverse, 2 * inverse], axis=1)
+        # Keras traces fit's train step twice; as a tf.function of its own,
+        # the step's statistics are traced once (and inlined when it runs).
+        self._update_fn = tf.function(self._update_step, autograph=False)
 
     # -- inside the compiled train step ------------------------------------
 
@@ -245,77 +266,147 @@ class GradientStats:
             # what is applied to the weights.
             kernel_grads = replica.all_reduce(tf.distribute.ReduceOp.SUM, kernel_grads)
         kernel_grads = [tf.convert_to_tensor(g) for g in kernel_grads]
-        first = tf.logical_and(tf.equal(self._steps, 0), self._capture)
-        if self.jit_compile:
-            # XLA runs a tf.cond as a conditional that costs more per step
-            # than the sums on large models: no cond here.
-            # The sums are always the finite-only ones (see _finite_sums_xla).
-            step = self._step_stats(kernel_grads, finite_only=True)
-        else:
-            step = self._step_stats(kernel_grads, finite_only=False)
-            step = tf.cond(
-                tf.reduce_all(tf.math.is_finite(step)),
-                lambda: step,
-                lambda: self._step_stats(kernel_grads, finite_only=True),
-            )
+        due = None
+        if self.stats_every > 1:
+            seen = self._seen.assign_add(1) - 1
+            due = tf.equal(seen % self.stats_every, 0)
         if distributed or self.jit_compile:
-            # Select with tf.where rather than copy in a tf.cond: assigning a
-            # mirrored variable in a replica context is a merge_call, which TF
-            # refuses inside a cond branch (every replica holds the same
-            # values), and XLA does the select in place at no measurable cost.
-            for var, g in zip(self._captured, kernel_grads):
-                var.assign(tf.where(first, tf.cast(g, var.dtype), var))
-            self._sums.assign_add(step)
-            self._last.assign(step)
-            self._steps.assign_add(1)
-            return
+            self._update_selecting(kernel_grads, due)
+        elif due is None:
+            self._update_fn(kernel_grads)
+        else:
+            _compat.functional_cond(
+                due,
+                lambda: self._update_fn(kernel_grads),
+                lambda: tf.constant(0, tf.int64),
+            )
+
+    def _update_step(self, kernel_grads) -> tf.Tensor:
+        # The common step is one float32 reduction per statistic and kernel,
+        # with no copy. A step whose sums are not finite (it needs the
+        # finite-only recount) and the epoch's first step (whose gradients the
+        # histograms keep) take one rarely run branch: one cond, not one per
+        # purpose, and not lowered to Switch/Merge (see
+        # _compat.functional_cond), as each cond costs every step.
+        step = self._fast_stats(kernel_grads)
+        finite = tf.reduce_all(tf.math.is_finite(step))
+        first = tf.logical_and(tf.equal(self._steps, 0), self._capture)
+        step = _compat.functional_cond(
+            tf.logical_or(first, tf.logical_not(finite)),
+            lambda: self._rare_step(kernel_grads, step, finite, first),
+            lambda: step,
+        )
+        self._sums.assign_add(step)
+        self._last.assign(step)
+        return self._steps.assign_add(1)
+
+    def _rare_step(self, kernel_grads, step, finite, first) -> tf.Tensor:
+        exact = tf.cond(finite, lambda: step, lambda: self._finite_stats(kernel_grads))
 
         def capture():
             for var, g in zip(self._captured, kernel_grads):
                 var.assign(tf.cast(g, var.dtype))
             return tf.constant(True)
 
-        # One cond for all layers: the copy is made once per epoch, not per step.
         captured = tf.cond(first, capture, lambda: tf.constant(False))
         with tf.control_dependencies([captured]):
-            self._sums.assign_add(step)
+            return tf.identity(exact)
+
+    def _update_selecting(self, kernel_grads, due) -> None:
+        # No tf.cond around assignments: assigning a mirrored variable in a
+        # replica context is a merge_call, which TF refuses inside a cond
+        # branch (every replica holds the same values), and XLA runs a
+        # tf.cond as a conditional that costs more per step than the sums on
+        # large models. The first step's gradients are selected with tf.where
+        # (XLA does it in place), steps that stats_every leaves out are
+        # computed and masked.
+        first = tf.logical_and(tf.equal(self._steps, 0), self._capture)
+        if self.jit_compile:
+            # Always the finite-only sums (see _finite_sums_xla).
+            step = self._finite_stats(kernel_grads)
+        else:
+            step = self._fast_stats(kernel_grads)
+            step = tf.cond(
+                tf.reduce_all(tf.math.is_finite(step)),
+                lambda: step,
+                lambda: self._finite_stats(kernel_grads),
+            )
+        if due is not None:
+            first = tf.logical_and(first, due)
+            step = tf.where(due, step, tf.zeros_like(step))
+        for var, g in zip(self._captured, kernel_grads):
+            var.assign(tf.where(first, tf.cast(g, var.dtype), var))
+        self._sums.assign_add(step)
+        if due is None:
             self._last.assign(step)
             self._steps.assign_add(1)
+        else:
+            self._last.assign(tf.where(due, step, self._last))
+            self._steps.assign_add(tf.cast(due, tf.int64))
+
+    def _fast_stats(self, kernel_grads) -> tf.Tensor:
+        # [layers, N_STATS] in layer order, in float32, without the
+        # finite-only recount (a non-finite sum calls for it). Each kernel is
+        # reduced where it lies (stacking kernels copies them, which costs
+        # more than the ops it saves) by three reductions, sum |g|, sum g and
+        # l2_loss (sum g^2 / 2, one pass); one stack gathers the 3 x layers
+        # scalars, and one product makes them means.
+        sums = []
+        for g in kernel_grads:
+            g = tf.cast(g, tf.float32)
+            sums += [tf.reduce_sum(tf.abs(g)), tf.reduce_sum(g), tf.nn.l2_loss(g)]
+        means = tf.reshape(tf.stack(sums), [-1, 3]) * self._to_means
+        std = tf.sqrt(tf.maximum(means[:, 2] - tf.square(means[:, 1]), 0.0))
+        return tf.stack([means[:, 0], std, tf.zeros_like(std)], axis=1)
 
     def skip(self) -> None:
         """Counts a step whose gradients the optimizer did not apply (call
         inside the train step); it stays out of the averages."""
         self._skipped.assign_add(1)
 
-    def _step_stats(self, kernel_grads, finite_only: bool) -> tf.Tensor:
-        # [layers, N_STATS] in layer order. Each group's [k, size] block gives
-        # its row sums; the arithmetic then runs once on all layers. The
-        # finite-only path runs in float64: exploding gradients reach 1e20 and
-        # more before they turn Inf, and their squares would overflow float32
-        # (a grad_std of Inf/NaN).
-        dtype = tf.float64 if finite_only else tf.float32
-        parts = []
-        for group in self._groups:
-            # Kernels of a group share their size, not always their shape.
-            grads = [tf.reshape(tf.cast(kernel_grads[i], dtype), [-1]) for i in group]
-            # A lone kernel is reshaped, not stacked: stacking one tensor copies it.
-            block = grads[0][None] if len(grads) == 1 else tf.stack(grads)
-            if self.jit_compile:
-                parts.append(_finite_sums_xla(block))
-            elif finite_only:
-                parts.append(_finite_sums(block))
-            else:
-                parts.append(_sums(block))
-        sums = parts[0] if len(parts) == 1 else tf.concat(parts, axis=0)
-        if self._order is not None:
-            sums = tf.gather(sums, self._order)
-        sizes = tf.constant(self._sizes, dtype)
-        n = sums[:, 3] if finite_only else sizes
+    def _finite_stats(self, kernel_grads) -> tf.Tensor:
+        # [layers, N_STATS] in layer order, over each kernel's finite entries,
+        # in float64: exploding gradients reach 1e20 and more before they turn
+        # Inf, and their squares would overflow float32 (a grad_std of
+        # Inf/NaN). The arithmetic runs once on all layers' sums.
+        if self.jit_compile:
+            sums = self._group_finite_sums(kernel_grads)
+        else:
+            sums = self._flat_finite_sums(kernel_grads)
+        sizes = tf.constant(self._sizes, tf.float64)
+        n = sums[:, 3]
         mean_abs = tf.math.divide_no_nan(sums[:, 0], n)
         mean = tf.math.divide_no_nan(sums[:, 1], n)
         mean_sq = tf.math.divide_no_nan(sums[:, 2], n)
         std = tf.sqrt(tf.maximum(mean_sq - tf.square(mean), 0.0))
         return tf.cast(tf.stack([mean_abs, std, sizes - n], axis=1), tf.float32)
+
+    def _group_finite_sums(self, kernel_grads) -> tf.Tensor:
+        # Under XLA, every step: each group's [k, size] block gives its row
+        # sums as one matrix-vector product (see _finite_sums_xla).
+        parts = []
+        for group in self._groups:
+            # Kernels of a group share their size, not always their shape.
+            grads = [tf.reshape(tf.cast(kernel_grads[i], tf.float64), [-1]) for i in group]
+            # A lone kernel is reshaped, not stacked: stacking one tensor copies it.
+            block = grads[0][None] if len(grads) == 1 else tf.stack(grads)
+            parts.append(_finite_sums_xla(block))
+        sums = parts[0] if len(parts) == 1 else tf.concat(parts, axis=0)
+        return sums if self._order is None else tf.gather(sums, self._order)
+
+    def _flat_finite_sums(self, kernel_grads) -> tf.Tensor:
+        # Without XLA this runs only in steps whose sums are not finite, so it
+        # is written in the fewest ops, which is what tracing it costs every
+        # fit: every kernel in one flat vector, its sums taken by segment.
+        flat = [tf.reshape(g, [-1]) for g in kernel_grads]
+        if len({g.dtype for g in flat}) > 1:
+            flat = [tf.cast(g, tf.float64) for g in flat]
+        flat = tf.cast(tf.concat(flat, axis=0), tf.float64)
+        finite = tf.math.is_finite(flat)
+        flat = tf.where(finite, flat, tf.zeros_like(flat))
+        columns = [tf.abs(flat), flat, tf.square(flat), tf.cast(finite, tf.float64)]
+        segments = tf.repeat(tf.range(len(kernel_grads)), self._sizes.astype(np.int64))
+        return tf.math.segment_sum(tf.stack(columns, axis=1), segments)
 
     def _select(self, grads, variables):
         grads = list(grads)
@@ -345,6 +436,8 @@ class GradientStats:
         """Starts a new epoch; ``capture`` keeps its first gradients."""
         self._sums.assign(tf.zeros_like(self._sums))
         self._steps.assign(0)
+        if self.stats_every > 1:
+            self._seen.assign(0)
         self._capture.assign(capture)
         if self.count_skips:
             self._skipped.assign(0)
@@ -468,21 +561,10 @@ def _size_groups(layers: list[KernelLayer]):
     return groups, tf.constant(np.argsort(flat), tf.int32)
 
 
-def _sums(block: tf.Tensor) -> tf.Tensor:
-    # Per row of a [k, n] block: sum |g|, sum g, sum g^2.
-    return tf.stack(
-        [
-            tf.reduce_sum(tf.abs(block), axis=1),
-            tf.reduce_sum(block, axis=1),
-            tf.reduce_sum(tf.square(block), axis=1),
-        ],
-        axis=1,
-    )
-
-
 def _finite_sums_xla(block: tf.Tensor) -> tf.Tensor:
-    # What _finite_sums computes, for a [k, ...] block of kernels, in a form
-    # that XLA's CPU backend runs fast. XLA emits reductions as
+    # Per row of a [k, n] block of kernels: sum |g|, sum g, sum g^2 over its
+    # finite entries and how many those are, in a form that XLA's CPU
+    # backend runs fast. XLA emits reductions as
     # single-threaded loops, a large share of the step on wide layers. A
     # matrix product goes to the threaded GEMM instead, so the four sums are
     # one product: the fused block [|g|; g; g*g; finite] (as [k, 4r, c])
@@ -503,13 +585,6 @@ def _row_width(size: int, widest: int = 256) -> int:
     # The largest divisor of size up to widest: the width of the [r, c] rows
     # _finite_sums_xla multiplies by a column of ones.
     return next(c for c in range(max(min(size, widest), 1), 0, -1) if size % c == 0)
-
-
-def _finite_sums(block: tf.Tensor) -> tf.Tensor:
-    # The same sums over each row's finite entries, and how many those are.
-    finite = tf.math.is_finite(block)
-    n = tf.reduce_sum(tf.cast(finite, block.dtype), axis=1)
-    return tf.concat([_sums(tf.where(finite, block, tf.zeros_like(block))), n[:, None]], axis=1)
 
 
 def histogram_buckets(data, bucket_count: int = DEFAULT_BUCKET_COUNT) -> np.ndarray:

@@ -75,6 +75,12 @@ class TensorBoard(keras.callbacks.TensorBoard):
         variables: ``"kernels"``, ``"all"`` or a predicate
             ``callable(variable) -> bool``: the trainable variables logged
             (see :func:`tbgrad.stats.tracked_variables`).
+        stats_every: Compute the gradient statistics on every this many
+            training steps only (the epoch's steps 0, N, 2N, ...): the
+            epoch's ``grad_mean_abs``, ``grad_std`` and ``grad_nonfinite``
+            are then over those steps. For very large models, where the
+            statistics cost more than a few percent of a step. Default 1:
+            every step.
 
     Example:
         >>> model.fit(x, y, epochs=10, validation_data=(xv, yv),
@@ -94,10 +100,12 @@ class TensorBoard(keras.callbacks.TensorBoard):
         embeddings_metadata: str | Mapping[str, str] | None = None,
         *,
         variables: Literal["kernels", "all"] | Callable = KERNELS,
+        stats_every: int = 1,
     ):
         check_keras_backend(f"tbgrad.{type(self).__name__}")
         _multi_worker.check_fit(f"tbgrad.{type(self).__name__}")
         check_histogram_freq(histogram_freq)
+        check_int("stats_every", stats_every, 1)
         update_freq = 1 if update_freq == "batch" else update_freq
         check_update_freq(update_freq)
         check_variables(variables)
@@ -142,6 +150,7 @@ class TensorBoard(keras.callbacks.TensorBoard):
             self.histogram_freq,
             variables=self.variables,
             jit_compile=self.model.jit_compile,
+            stats_every=self.stats_every,
         )
         self._hooked = True
         # A train function traced before this fit would not call the hook.

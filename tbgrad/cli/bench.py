@@ -11,7 +11,10 @@ from dataclasses import asdict
 
 from tbgrad.cli import common as cli
 from tbgrad.lab.bench import (
+    AA,
     FLOOR,
+    FORMS,
+    STEP_FLOORS,
     STEP_VARIANTS,
     VARIANTS,
     WORKLOADS,
@@ -21,6 +24,8 @@ from tbgrad.lab.bench import (
     environment,
     format_step_table,
     format_table,
+    jit_summary,
+    load_average,
 )
 
 PROG = "bench.py"
@@ -47,7 +52,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         choices=VARIANTS,
         default=list(VARIANTS),
         metavar="V",
-        help=f"variants to run (default all): {', '.join(VARIANTS)}",
+        help=f"variants to run (default all; {FLOOR} and {AA} always): {', '.join(VARIANTS)}",
     )
     p.add_argument("--repeats", type=cli.positive_int, default=3, help="timed repeats (default 3)")
     p.add_argument(
@@ -67,8 +72,25 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         "--train-step",
         action="store_true",
         help="time the bare compiled train step without and with the gradient "
-        f"statistics, without and with XLA ({', '.join(STEP_VARIANTS)}); "
-        "--repeats rounds of --steps steps",
+        "statistics (--step-variants, --forms); --repeats rounds of --steps steps",
+    )
+    p.add_argument(
+        "--step-variants",
+        nargs="+",
+        choices=STEP_VARIANTS,
+        default=list(STEP_VARIANTS),
+        metavar="S",
+        help=f"--train-step variants (default all; {' and '.join(STEP_FLOORS)} always): "
+        + ", ".join(STEP_VARIANTS),
+    )
+    p.add_argument(
+        "--forms",
+        nargs="+",
+        choices=FORMS,
+        default=[],
+        metavar="F",
+        help="--train-step: also time these other forms of the statistics "
+        f"(tbgrad.lab.stat_forms): {', '.join(FORMS)}",
     )
     p.add_argument(
         "--steps",
@@ -89,10 +111,9 @@ def _at_least_two(text: str) -> int:
 
 def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     args = build_parser(prog).parse_args(argv)
+    args.load_start = load_average()
     cli.import_tensorflow_quietly()
-    if FLOOR not in args.variants:
-        args.variants = [FLOOR] + list(args.variants)
-    variants = [v for v in VARIANTS if v in args.variants]
+    variants = [v for v in VARIANTS if v in {FLOOR, AA, *args.variants}]
 
     def progress(message):
         print(message, file=sys.stderr, flush=True)
@@ -100,7 +121,14 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     if args.train_step:
         step_rows = []
         for name in dict.fromkeys(args.workloads):
-            step_rows += bench_train_step(WORKLOADS[name], args.repeats, args.steps, progress)
+            step_rows += bench_train_step(
+                WORKLOADS[name],
+                args.repeats,
+                args.steps,
+                progress,
+                variants=[v for v in STEP_VARIANTS if v in args.step_variants],
+                forms=args.forms,
+            )
         _print_report(args, step_rows, "the same step without the statistics", format_step_table)
         return 0
 
@@ -123,13 +151,16 @@ def _print_report(args, rows, floor: str, table: Callable) -> None:
     env = environment()
     if args.json:
         payload = {
-            "environment": env,
+            "environment": {**env, "load_average_start": args.load_start},
             "repeats": args.repeats,
             "workloads": {n: WORKLOADS[n].description for n in dict.fromkeys(args.workloads)},
             "rows": [r if isinstance(r, dict) else asdict(r) for r in rows],
         }
         print(json.dumps(payload, indent=2))
     else:
+        load = env.pop("load_average")
         print(", ".join(f"{k} {v}" for k, v in env.items() if v))
+        print(f"load average (1, 5, 15 min) at start {args.load_start}, at end {load}")
+        print(jit_summary(rows))
         print(f"medians of {args.repeats} repeats; ratios to {floor}")
         print(table(rows))

@@ -1,13 +1,19 @@
 """The benchmark behind ``scripts/bench.py``: what logging gradients costs.
 
-Ten ways to train the same model on the same data, run side by side:
+Ways to train the same model on the same data, run side by side:
 
 * ``fit``: ``model.fit`` with no callback, the floor every ratio refers to;
+* ``fit(A/A)``: the same again, always run: its ratio to ``fit`` is the
+  table's noise floor (a difference smaller than it explains nothing);
 * ``fit+keras_tb``: ``model.fit`` with ``keras.callbacks.TensorBoard(histogram_freq=1)``;
-* ``fit+tbgrad``: ``model.fit`` with ``tbgrad.GradientTensorBoard(histogram_freq=1)``;
-* ``fit-noxla``, ``fit-noxla+tbgrad``: ``fit`` and ``fit+tbgrad`` compiled
-  with ``jit_compile=False`` (on a CPU, Keras compiles the train step with XLA by
-  default);
+* ``fit+tbgrad``: ``model.fit`` with tbgrad's callback (``histogram_freq=1``);
+* ``fit+tbgrad(h0)``: the callback with ``histogram_freq=0``;
+* ``fit+tbgrad(every8)``: the callback with ``stats_every=8``;
+* ``fit+tbgrad(epoch-only)``: ``histogram_freq=0`` and statistics on each
+  epoch's first step only: the callback's per-epoch work and fixed cost;
+* ``fit-xla``, ``fit-xla+tbgrad``: ``fit`` and ``fit+tbgrad`` compiled with
+  ``jit_compile=True`` (Keras's default ``"auto"`` resolves to XLA only on a
+  machine with a GPU; each variant's resolved value is printed);
 * ``fit-epoch``, ``fit-epoch+tbgrad``: ``fit`` and ``fit+tbgrad`` compiled
   with ``steps_per_execution`` = the steps of an epoch (one call per epoch);
 * ``tape``: :func:`tbgrad.train_with_tape` (histograms every epoch);
@@ -20,21 +26,27 @@ Ten ways to train the same model on the same data, run side by side:
 Every variant runs once per repeat and the variants alternate (their order
 rotates each repeat), so a change of machine load hits them all alike. A
 warm-up round (two epochs of each) comes first. The end of every epoch is
-timed: by a last callback for ``model.fit``, by the loop itself for the
-eager loop, and by the wall time the event file records for each epoch of
-the tape loop. Reported medians over the repeats:
+timed, in wall time and in CPU time (``time.process_time()``, every thread of
+the process; on a shared machine it moves far less than wall time): by a last
+callback for ``model.fit``, by the loop itself for the eager loop, and at
+each epoch's write for the tape loop. Reported medians over the repeats:
 
 * ``first_s``: from the call to the end of the first epoch: set-up, tracing
   and one epoch;
+* ``fixed_s``: the first epoch less a steady one: what a ``fit`` pays once
+  (tracing, writers, layout);
 * ``epoch_ms``: the steady per-epoch time, the median of the later epochs;
 * ``total_s``: the whole call, everything included;
-* ``bytes_per_epoch``: the size of the run folder over ``epochs``.
+* ``bytes_per_epoch``: the size of the run folder over ``epochs``;
+* each with a ``cpu_`` twin in CPU time, and the ratios to ``fit``.
 
 ``--train-step`` isolates the per-step cost of the gradient statistics from
 the rest of an epoch: it times the workload's compiled train step (forward,
 backward, optimizer update on one batch) without and with tbgrad's optimizer
-hook, without and with XLA, in alternating rounds of many steps, and prints
-the median ms per step and the ratio of each hooked step to its plain one.
+hook (:data:`STEP_VARIANTS`, and any form of :mod:`tbgrad.lab.stat_forms`),
+in alternating rounds of many steps, and prints the median wall and CPU ms
+per step and the ratio of each to the plain step; ``step(A/A)`` is the plain
+step timed twice.
 """
 
 from __future__ import annotations
@@ -52,10 +64,14 @@ from dataclasses import dataclass
 
 VARIANTS = (
     "fit",
+    "fit(A/A)",
     "fit+keras_tb",
     "fit+tbgrad",
-    "fit-noxla",
-    "fit-noxla+tbgrad",
+    "fit+tbgrad(h0)",
+    "fit+tbgrad(every8)",
+    "fit+tbgrad(epoch-only)",
+    "fit-xla",
+    "fit-xla+tbgrad",
     "fit-epoch",
     "fit-epoch+tbgrad",
     "tape",
@@ -63,6 +79,10 @@ VARIANTS = (
     "eager_ref",
 )
 FLOOR = "fit"
+# The floor run again: always run with it, its ratio is the noise floor.
+AA = "fit(A/A)"
+# Larger than any epoch's steps: statistics on each epoch's first step only.
+EPOCH_ONLY = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -89,8 +109,8 @@ WORKLOADS = {
         "validation on the other 500, SGD 0.01 momentum 0.9",
     ),
     "mlp-20x256": Workload(
-        "mlp-20x256", 20, 256, 100_000, 32, 2, False, "sgd", 0.01, 0.9,
-        "20 hidden x Dense(256, relu), 100k samples, batch 32",
+        "mlp-20x256", 20, 256, 8_192, 32, 3, False, "sgd", 0.01, 0.9,
+        "20 hidden x Dense(256, relu), 8192 samples, batch 32",
     ),
     "depth-5": Workload(
         "depth-5", 5, 64, 4_000, 32, 3, False, "sgd", 0.01, 0.9,
@@ -123,6 +143,15 @@ class Row:
     bytes_per_epoch: float
     epoch_ms_all: list[float]
     total_s_all: list[float]
+    jit_compile: str = ""
+    fixed_s: float = float("nan")
+    cpu_first_s: float = float("nan")
+    cpu_fixed_s: float = float("nan")
+    cpu_epoch_ms: float = float("nan")
+    cpu_total_s: float = float("nan")
+    cpu_epoch_ratio: float = float("nan")
+    cpu_total_ratio: float = float("nan")
+    cpu_epoch_ms_all: list[float] | None = None
 
 
 # -- data and models ------------------------------------------------------
@@ -164,13 +193,18 @@ def _model(workload: Workload):
 # -- the variants -----------------------------------------------------------
 
 
-def _epoch_clock(ends: list[float]):
+def _now() -> tuple[float, float]:
+    """(wall, CPU) seconds: ``time.perf_counter()`` and ``time.process_time()``."""
+    return time.perf_counter(), time.process_time()
+
+
+def _epoch_clock(ends: list[tuple[float, float]]):
     import keras
 
     class EpochClock(keras.callbacks.Callback):
         # Only on_epoch_end: Keras keeps its asynchronous batch dispatch.
         def on_epoch_end(self, epoch, logs=None):
-            ends.append(time.perf_counter())
+            ends.append(_now())
 
     return EpochClock()
 
@@ -208,41 +242,43 @@ def _keras_tensorboard(log_dir):
     return keras.callbacks.TensorBoard(log_dir, histogram_freq=1)
 
 
-def _tbgrad_callback(log_dir):
+def _tbgrad_callback(log_dir, histogram_freq=1, stats_every=1):
     from tbgrad.gradient_tensorboard import GradientTensorBoard
 
-    return GradientTensorBoard(log_dir, histogram_freq=1)
+    return GradientTensorBoard(log_dir, histogram_freq=histogram_freq, stats_every=stats_every)
 
 
 def _run_tape(workload, data, epochs, log_dir, ends, jit_compile=False):
-    from tensorboard.backend.event_processing import event_accumulator
-
+    from tbgrad.summary import SummaryLogger
     from tbgrad.tape import train_with_tape
 
     model, optimizer = _model(workload)
     x, y, val = data
-    train_with_tape(
-        model,
-        x,
-        y,
-        epochs=epochs,
-        batch_size=workload.batch_size,
-        optimizer=optimizer,
-        validation_data=val,
-        log_dir=log_dir,
-        histogram_freq=1,
-        seed=1,
-        verbose=0,
-        jit_compile=jit_compile,
-    )
-    # The writer stamps each epoch's event with the time it was written, at
-    # the end of the epoch (the event file's clock is time.time()).
-    offset = time.perf_counter() - time.time()
-    events = event_accumulator.EventAccumulator(
-        os.path.join(log_dir, "train"), size_guidance={event_accumulator.TENSORS: 0}
-    )
-    events.Reload()
-    ends += [event.wall_time + offset for event in events.Tensors("epoch_loss")]
+    # The loop's epochs end where it writes them: clock each write.
+    write_epoch = SummaryLogger.write_epoch
+
+    def clocked(self, *args, **kwargs):
+        write_epoch(self, *args, **kwargs)
+        ends.append(_now())
+
+    SummaryLogger.write_epoch = clocked
+    try:
+        train_with_tape(
+            model,
+            x,
+            y,
+            epochs=epochs,
+            batch_size=workload.batch_size,
+            optimizer=optimizer,
+            validation_data=val,
+            log_dir=log_dir,
+            histogram_freq=1,
+            seed=1,
+            verbose=0,
+            jit_compile=jit_compile,
+        )
+    finally:
+        SummaryLogger.write_epoch = write_epoch
     return model
 
 
@@ -284,16 +320,22 @@ def _run_eager_reference(workload, data, epochs, log_dir, ends):
         losses.append(float(loss))
         if val is not None:
             float(loss_fn(val[1].reshape(-1, 1), model(val[0], training=False)))
-        ends.append(time.perf_counter())
+        ends.append(_now())
     return model
 
 
 RUNNERS: dict[str, Callable] = {
     "fit": _run_fit(None),
+    AA: _run_fit(None),
     "fit+keras_tb": _run_fit(_keras_tensorboard),
     "fit+tbgrad": _run_fit(_tbgrad_callback),
-    "fit-noxla": _run_fit(None, jit_compile=False),
-    "fit-noxla+tbgrad": _run_fit(_tbgrad_callback, jit_compile=False),
+    "fit+tbgrad(h0)": _run_fit(functools.partial(_tbgrad_callback, histogram_freq=0)),
+    "fit+tbgrad(every8)": _run_fit(functools.partial(_tbgrad_callback, stats_every=8)),
+    "fit+tbgrad(epoch-only)": _run_fit(
+        functools.partial(_tbgrad_callback, histogram_freq=0, stats_every=EPOCH_ONLY)
+    ),
+    "fit-xla": _run_fit(None, jit_compile=True),
+    "fit-xla+tbgrad": _run_fit(_tbgrad_callback, jit_compile=True),
     "fit-epoch": _run_fit(None, whole_epoch=True),
     "fit-epoch+tbgrad": _run_fit(_tbgrad_callback, whole_epoch=True),
     "tape": _run_tape,
@@ -313,20 +355,56 @@ def _folder_bytes(path: str) -> int:
     return total
 
 
-def _timed(variant: str, workload: Workload, data, epochs: int, scratch: str):
-    """(seconds to the first epoch's end, steady ms per epoch, total s, bytes, params)."""
-    log_dir = tempfile.mkdtemp(prefix=f"{variant.replace('+', '_')}-", dir=scratch)
-    ends: list[float] = []
+@dataclass(frozen=True)
+class Timing:
+    """One run of one variant: wall and CPU seconds, bytes written."""
+
+    first: tuple[float, float]  # the call to the first epoch's end
+    steady: tuple[float, float]  # the median later epoch
+    total: tuple[float, float]  # the whole call
+    size: int
+    params: int
+    jit_compile: str
+
+
+def _timed(variant: str, workload: Workload, data, epochs: int, scratch: str) -> Timing:
+    """Runs ``variant`` once and times it (see :class:`Timing`)."""
+    log_dir = tempfile.mkdtemp(prefix=f"{_slug(variant)}-", dir=scratch)
+    ends: list[tuple[float, float]] = []
     gc.collect()
-    start = time.perf_counter()
+    start = _now()
     model = RUNNERS[variant](workload, data, epochs, log_dir, ends)
-    seconds = time.perf_counter() - start
+    end = _now()
     size = _folder_bytes(log_dir)
     shutil.rmtree(log_dir, ignore_errors=True)
     if len(ends) != epochs:
         raise RuntimeError(f"{variant}: timed {len(ends)} epochs of {epochs}")
-    steady = statistics.median(b - a for a, b in zip(ends, ends[1:])) * 1000
-    return ends[0] - start, steady, seconds, size, model.count_params()
+
+    def steady(k):
+        return statistics.median(b[k] - a[k] for a, b in zip(ends, ends[1:]))
+
+    return Timing(
+        first=(ends[0][0] - start[0], ends[0][1] - start[1]),
+        steady=(steady(0), steady(1)),
+        total=(end[0] - start[0], end[1] - start[1]),
+        size=size,
+        params=model.count_params(),
+        jit_compile=_resolved_jit(variant, model),
+    )
+
+
+def _slug(variant: str) -> str:
+    return "".join(c if c.isalnum() or c == "-" else "_" for c in variant)
+
+
+def _resolved_jit(variant: str, model) -> str:
+    # What the train step was compiled with: fit's resolved jit_compile (Keras
+    # resolves "auto"), the tape loop's argument, or eager.
+    if variant.startswith("fit"):
+        return str(bool(model.jit_compile))
+    if variant.startswith("tape"):
+        return str(variant == "tape+xla")
+    return "eager"
 
 
 def bench_workload(
@@ -343,7 +421,7 @@ def bench_workload(
     if epochs < 2:
         raise ValueError(f"epochs must be >= 2 (a first and a steady epoch). Received: {epochs}")
     data = load_data(workload, samples)
-    results: dict[str, list[tuple]] = {v: [] for v in variants}
+    results: dict[str, list[Timing]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory(prefix="tbgrad-bench-") as scratch:
         if warmup:
             for variant in variants:
@@ -357,43 +435,79 @@ def bench_workload(
                 if progress:
                     progress(
                         f"{workload.name} repeat {r + 1}/{repeats} {variant}: first epoch "
-                        f"{result[0]:.2f}s, then {result[1]:.1f} ms/epoch, total {result[2]:.2f}s"
+                        f"{result.first[0]:.2f}s, then {result.steady[0] * 1000:.1f} ms/epoch "
+                        f"(CPU {result.steady[1] * 1000:.1f}), total {result.total[0]:.2f}s"
                     )
     return _median_rows(workload, variants, epochs, results)
 
 
 def _median_rows(
-    workload: Workload, variants: Sequence[str], epochs: int, results: dict[str, list[tuple]]
+    workload: Workload, variants: Sequence[str], epochs: int, results: dict[str, list[Timing]]
 ) -> list[Row]:
     """One row of medians per variant, with its ratios to :data:`FLOOR`."""
     rows = []
     for variant in variants:
-        first, steady, total, size, params = zip(*results[variant])
+        runs = results[variant]
+
+        def median(field, k, scale=1.0, runs=runs):
+            return statistics.median(getattr(t, field)[k] for t in runs) * scale
+
         rows.append(
             Row(
                 workload=workload.name,
                 variant=variant,
                 epochs=epochs,
-                params=params[0],
-                first_s=statistics.median(first),
-                epoch_ms=statistics.median(steady),
-                total_s=statistics.median(total),
+                params=runs[0].params,
+                first_s=median("first", 0),
+                epoch_ms=median("steady", 0, 1000),
+                total_s=median("total", 0),
                 epoch_ratio=float("nan"),
                 total_ratio=float("nan"),
-                bytes_per_epoch=statistics.median(size) / epochs,
-                epoch_ms_all=list(steady),
-                total_s_all=list(total),
+                bytes_per_epoch=statistics.median(t.size for t in runs) / epochs,
+                epoch_ms_all=[t.steady[0] * 1000 for t in runs],
+                total_s_all=[t.total[0] for t in runs],
+                jit_compile=runs[0].jit_compile,
+                fixed_s=statistics.median(t.first[0] - t.steady[0] for t in runs),
+                cpu_first_s=median("first", 1),
+                cpu_fixed_s=statistics.median(t.first[1] - t.steady[1] for t in runs),
+                cpu_epoch_ms=median("steady", 1, 1000),
+                cpu_total_s=median("total", 1),
+                cpu_epoch_ms_all=[t.steady[1] * 1000 for t in runs],
             )
         )
-    floor = next((row for row in rows if row.variant == FLOOR), None)
-    if floor is not None:
-        for row in rows:
-            row.epoch_ratio = row.epoch_ms / floor.epoch_ms
-            row.total_ratio = row.total_s / floor.total_s
+    _add_ratios(rows)
     return rows
 
 
-STEP_VARIANTS = ("step", "step+stats", "step-xla", "step-xla+stats")
+def _add_ratios(rows: list[Row]) -> None:
+    floor = next((row for row in rows if row.variant == FLOOR), None)
+    if floor is None:
+        return
+    for row in rows:
+        row.epoch_ratio = row.epoch_ms / floor.epoch_ms
+        row.total_ratio = row.total_s / floor.total_s
+        row.cpu_epoch_ratio = row.cpu_epoch_ms / floor.cpu_epoch_ms
+        row.cpu_total_ratio = row.cpu_total_s / floor.cpu_total_s
+
+
+STEP_VARIANTS = (
+    "step",
+    "step(A/A)",
+    "step+stats",
+    "step+stats(every8)",
+    "step-xla",
+    "step-xla+stats",
+)
+# The plain steps every hooked step is compared with; both are always run.
+STEP_FLOORS = ("step", "step(A/A)")
+# The names of tbgrad.lab.stat_forms.FORMS (listed here: the command line
+# checks its flags before TensorFlow is imported).
+FORMS = ("before", "lowered-cond", "two-conds", "xla-sums", "no-cond")
+
+
+def form_variant(form: str) -> str:
+    """The step variant that hooks a form of :data:`tbgrad.lab.stat_forms.FORMS`."""
+    return f"step+{form}"
 
 
 def bench_train_step(
@@ -401,11 +515,15 @@ def bench_train_step(
     rounds: int,
     steps: int = 100,
     progress: Callable[[str], None] | None = None,
+    variants: Sequence[str] = STEP_VARIANTS,
+    forms: Sequence[str] = (),
 ) -> list[dict]:
     """Times ``workload``'s bare compiled train step with and without the
-    statistics (:data:`STEP_VARIANTS`): ``rounds`` alternating rounds of
-    ``steps`` steps each, after a warm-up. Returns one row per variant with
-    the median ms per step and its ratio to the same step without them.
+    statistics (``variants`` of :data:`STEP_VARIANTS`, then one variant per
+    form of :mod:`tbgrad.lab.stat_forms`): ``rounds`` alternating rounds of
+    ``steps`` steps each, after a warm-up, their order rotating. Returns one
+    row per variant with the median wall and CPU ms per step and their
+    ratios to the same step without the statistics.
     """
     import tensorflow as tf
 
@@ -416,34 +534,48 @@ def bench_train_step(
         tf.constant(x[: workload.batch_size]),
         tf.constant(y[: workload.batch_size].reshape(-1, 1)),
     )
-    fns = {
-        name: _train_step(model, optimizer, batch, xla="xla" in name, stats=name.endswith("+stats"))
-        for name in STEP_VARIANTS
-    }
-    times: dict[str, list[float]] = {name: [] for name in STEP_VARIANTS}
+    names = list(dict.fromkeys([*STEP_FLOORS, *variants, *map(form_variant, forms)]))
+    fns = {name: _train_step(model, optimizer, batch, name) for name in names}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
     for r in range(rounds + 1):  # round 0 warms up
-        for name, fn in fns.items():
-            ms = _time_steps(fn, batch, steps)
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            ms = _time_steps(fns[name], batch, steps)
             if r:
                 times[name].append(ms)
         if r and progress:
             progress(
                 f"{workload.name} round {r}/{rounds}: "
-                + ", ".join(f"{n} {times[n][-1]:.2f}" for n in STEP_VARIANTS)
+                + ", ".join(f"{n} {times[n][-1][0]:.2f}" for n in names)
                 + " ms/step"
             )
     return _step_rows(workload, times)
 
 
-def _train_step(model, optimizer, batch, xla: bool, stats: bool):
-    """The compiled train step on ``batch``, traced with tbgrad's optimizer hook if ``stats``."""
+def _stats_factory(name: str):
+    """The GradientStats class (or factory) a step variant hooks; None for none."""
+    from tbgrad.lab.stat_forms import FORMS
+    from tbgrad.stats import GradientStats
+
+    if name.startswith("step+") and name[len("step+") :] in FORMS:
+        return FORMS[name[len("step+") :]]
+    if "+stats" not in name:
+        return None
+    if name.endswith("(every8)"):
+        return functools.partial(GradientStats, stats_every=8)
+    return GradientStats
+
+
+def _train_step(model, optimizer, batch, name: str):
+    """The compiled train step of variant ``name`` on ``batch``, traced with
+    tbgrad's optimizer hook when the variant has statistics."""
     import keras
     import tensorflow as tf
 
     from tbgrad.hook import OptimizerHook
-    from tbgrad.stats import GradientStats, kernel_layers
+    from tbgrad.stats import kernel_layers
 
     loss_fn = keras.losses.BinaryCrossentropy()
+    xla = name.startswith("step-xla")
 
     def step(xb, yb):
         with tf.GradientTape() as tape:
@@ -453,35 +585,44 @@ def _train_step(model, optimizer, batch, xla: bool, stats: bool):
         return loss
 
     compiled = tf.function(step, jit_compile=xla)
-    if stats:
+    make_stats = _stats_factory(name)
+    if make_stats is None:
+        compiled(*batch)
+    else:
         # The hook is read when the step is traced: trace it installed.
-        with OptimizerHook(optimizer, GradientStats(kernel_layers(model), jit_compile=xla)):
+        with OptimizerHook(optimizer, make_stats(kernel_layers(model), jit_compile=xla)):
             compiled(*batch)
     return compiled
 
 
-def _time_steps(fn, batch, steps: int) -> float:
-    """Milliseconds per step of ``steps`` calls of ``fn`` on ``batch``."""
-    start = time.perf_counter()
+def _time_steps(fn, batch, steps: int) -> tuple[float, float]:
+    """Wall and CPU milliseconds per step of ``steps`` calls of ``fn`` on ``batch``."""
+    start = _now()
     for _ in range(steps):
         loss = fn(*batch)
     float(loss)
-    return (time.perf_counter() - start) / steps * 1000
+    end = _now()
+    return (end[0] - start[0]) / steps * 1000, (end[1] - start[1]) / steps * 1000
 
 
-def _step_rows(workload: Workload, times: dict[str, list[float]]) -> list[dict]:
-    """One row per step variant: its median and the ratio to the plain step."""
+def _step_rows(workload: Workload, times: dict[str, list[tuple[float, float]]]) -> list[dict]:
+    """One row per step variant: its medians and the ratios to the plain step."""
     rows = []
-    for name in STEP_VARIANTS:
-        ms = statistics.median(times[name])
-        base = statistics.median(times[name.removesuffix("+stats")])
+    for name, runs in times.items():
+        base = times["step-xla" if name.startswith("step-xla") else "step"]
+        wall = statistics.median(t[0] for t in runs)
+        cpu = statistics.median(t[1] for t in runs)
         rows.append(
             {
                 "workload": workload.name,
                 "variant": name,
-                "step_ms": ms,
-                "ratio": ms / base,
-                "step_ms_all": times[name],
+                "jit_compile": name.startswith("step-xla"),
+                "step_ms": wall,
+                "ratio": wall / statistics.median(t[0] for t in base),
+                "cpu_step_ms": cpu,
+                "cpu_ratio": cpu / statistics.median(t[1] for t in base),
+                "step_ms_all": [t[0] for t in runs],
+                "cpu_step_ms_all": [t[1] for t in runs],
             }
         )
     return rows
@@ -489,10 +630,14 @@ def _step_rows(workload: Workload, times: dict[str, list[float]]) -> list[dict]:
 
 def format_step_table(rows: Sequence[dict]) -> str:
     """A Markdown table of :func:`bench_train_step`'s rows."""
-    lines = ["| workload | variant | ms/step | x same step without |", "|---|---|---:|---:|"]
+    lines = [
+        "| workload | variant | jit_compile | ms/step | x step | CPU ms/step | x step (CPU) |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
     for r in rows:
         lines.append(
-            f"| {r['workload']} | {r['variant']} | {r['step_ms']:.2f} | {r['ratio']:.2f} |"
+            f"| {r['workload']} | {r['variant']} | {r['jit_compile']} | {r['step_ms']:.2f} "
+            f"| {r['ratio']:.2f} | {r['cpu_step_ms']:.2f} | {r['cpu_ratio']:.2f} |"
         )
     return "\n".join(lines)
 
@@ -512,20 +657,37 @@ def environment() -> dict[str, str]:
         "nproc": str(os.cpu_count()),
         "machine": platform.machine(),
         "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE", ""),
+        "load_average": load_average(),
     }
 
 
+def load_average() -> str:
+    """The machine's 1, 5 and 15 minute load averages (other jobs' load too)."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def format_table(rows: Sequence[Row]) -> str:
-    """A Markdown table of the medians."""
+    """A Markdown table of the medians, wall time and CPU time side by side."""
     head = (
-        "| workload | variant | epochs | first epoch s | steady ms/epoch | x floor "
-        "| total s | x floor | bytes/epoch |"
+        "| workload | variant | first epoch s | fixed s (CPU) | steady ms/epoch | x fit "
+        "| CPU ms/epoch | x fit (CPU) | total s | CPU s | x fit (CPU) | bytes/epoch |"
     )
-    lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(
-            f"| {r.workload} | {r.variant} | {r.epochs} | {r.first_s:.2f} | {r.epoch_ms:.1f} "
-            f"| {r.epoch_ratio:.2f} | {r.total_s:.2f} | {r.total_ratio:.2f} "
-            f"| {r.bytes_per_epoch:,.0f} |"
+            f"| {r.workload} | {r.variant} | {r.first_s:.2f} | {r.fixed_s:.2f} "
+            f"({r.cpu_fixed_s:.2f}) | {r.epoch_ms:.1f} | {r.epoch_ratio:.2f} "
+            f"| {r.cpu_epoch_ms:.1f} | {r.cpu_epoch_ratio:.2f} | {r.total_s:.2f} "
+            f"| {r.cpu_total_s:.2f} | {r.cpu_total_ratio:.2f} | {r.bytes_per_epoch:,.0f} |"
         )
     return "\n".join(lines)
+
+
+def jit_summary(rows: Sequence) -> str:
+    """The header line naming each variant's resolved ``jit_compile``."""
+    seen = {}
+    for r in rows:
+        variant = r.variant if isinstance(r, Row) else r["variant"]
+        jit = r.jit_compile if isinstance(r, Row) else r["jit_compile"]
+        seen.setdefault(variant, str(jit))
+    return "resolved jit_compile: " + ", ".join(f"{v} {j}" for v, j in seen.items())
