@@ -22,6 +22,7 @@ from tbgrad import _compat, _multi_worker, tags
 from tbgrad._validate import (
     EPOCH,
     check_histogram_freq,
+    check_int,
     check_keras_backend,
     check_update_freq,
     check_variables,
@@ -102,6 +103,7 @@ class GradientLogger:
         *,
         optimizer: keras.optimizers.Optimizer | None = None,
         jit_compile: bool = False,
+        stats_every: int = 1,
     ):
         check_keras_backend(f"tbgrad.{type(self).__name__}")
         self.stats_every = check_int("stats_every", stats_every, 1)

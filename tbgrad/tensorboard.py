@@ -26,6 +26,7 @@ from tbgrad import _multi_worker, tags
 from tbgrad._validate import (
     EPOCH,
     check_histogram_freq,
+    check_int,
     check_keras_backend,
     check_update_freq,
     check_variables,
@@ -121,6 +122,7 @@ class TensorBoard(keras.callbacks.TensorBoard):
             embeddings_metadata=embeddings_metadata,
         )
         self.variables = variables
+        self.stats_every = stats_every
         self._gradients: GradientLogger | None = None
         self._hooked = False
         self._model_summary_due = False
