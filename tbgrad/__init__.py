@@ -35,6 +35,7 @@ _PUBLIC = {
     "tracked_variables": "tbgrad.stats",
     "SummaryLogger": "tbgrad.summary",
     "write_hparams": "tbgrad.hparams",
+    "write_verdict": "tbgrad.hparams",
     "load_run": "tbgrad.eventlog",
     "find_runs": "tbgrad.eventlog",
     "verdict_of": "tbgrad.verdict",
@@ -55,6 +56,7 @@ __all__ = [
     "train_with_tape",
     "verdict_of",
     "write_hparams",
+    "write_verdict",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
@@ -62,7 +64,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from tbgrad.gradient_logger import GradientLogger
     from tbgrad.gradient_tensorboard import GradientTensorBoard
     from tbgrad.hook import OptimizerHook
-    from tbgrad.hparams import write_hparams
+    from tbgrad.hparams import write_hparams, write_verdict
     from tbgrad.stats import GradientStats, kernel_layers, tracked_variables
     from tbgrad.summary import SummaryLogger
     from tbgrad.tape import train_with_tape

@@ -1,18 +1,26 @@
 """The gradient-flow layout of TensorBoard's Custom Scalars dashboard.
 
-TensorBoard's Scalars dashboard draws one chart per tag, so a run's layers
-sit in separate charts. :func:`gradient_flow_layout` describes, with
-``tensorboard.plugins.custom_scalar``, one multi-line chart holding every
-layer's ``grad_mean_abs`` (the vanishing pattern in one picture), one with
-every layer's ``grad_std`` and one with ``grad_ratio``.
+:func:`gradient_flow_layout` describes, with
+``tensorboard.plugins.custom_scalar``, one chart per layer, in model order,
+of the layer's ``grad_log10_ratio``: log10 of its mean |g| divided by the
+output layer's. Each chart holds one line per run, in the run's colour, so
+that A2 beside A3 reads layer by layer without hovering: 0 is as strong as
+the output layer, -1 ten times weaker, and a vanishing layer sits far below
+the others on an axis in decades. (One chart holding every layer would draw
+all of a run's layers in the run's one colour, with no legend, and a linear
+axis of raw mean |g| squeezes the weak layers onto 0.)
 
-The charts select tags by regular expression, not by layer name, so every
-run writes the same layout: TensorBoard merges the layouts of all runs and
-drops duplicate charts (``custom_scalars_plugin.py``, ``layout_impl``), and
-runs of different depths still share one chart per family.
+Each run writes the charts of its own layers. TensorBoard merges the layouts
+of all runs (``custom_scalars_plugin.py``, ``layout_impl``): categories with
+the same title become one, and a chart identical to one already there (same
+title, same tag) is dropped, so runs sharing layer names share charts, and a
+deeper run adds charts for the layers the others lack.
 """
 
 from __future__ import annotations
+
+import re
+from collections.abc import Sequence
 
 import tensorflow as tf
 from tensorboard.plugins.custom_scalar import layout_pb2
@@ -20,29 +28,50 @@ from tensorboard.plugins.custom_scalar import metadata as layout_metadata
 
 from tbgrad import tags
 
-CATEGORY = "gradient flow"
+CATEGORY = "gradient flow: log10(layer's mean |g| / output layer's), 0 = as strong, -1 = 10x weaker"
+# Below the per-layer charts: every layer in one chart, for runs to compare
+# the shape of the profile, and grad_ratio.
+OVERVIEW_CATEGORY = "gradient flow: every layer in one chart"
 # TensorBoard's fixed tag of a layout summary, in the run's train/ folder.
 LAYOUT_TAG = layout_metadata.CONFIG_SUMMARY_TAG
 
-# (chart title, tag regex); regexes as TensorBoard applies them (re.search).
-CHARTS = (
-    (f"{tags.GRAD_MEAN_ABS}: every layer", rf"^{tags.GRAD_MEAN_ABS}/"),
-    (f"{tags.GRAD_STD}: every layer", rf"^{tags.GRAD_STD}/"),
+# (chart title, tag regex) of the overview; regexes as TensorBoard applies
+# them (re.search).
+OVERVIEW_CHARTS = (
+    (f"{tags.GRAD_LOG10_RATIO}: every layer", rf"^{tags.GRAD_LOG10_RATIO}/"),
     (tags.GRAD_RATIO, rf"^{tags.GRAD_RATIO}$"),
 )
 
 
-def gradient_flow_layout() -> layout_pb2.Layout:
-    """Returns the Custom Scalars layout proto of tbgrad's gradient charts."""
-    charts = [
+def layer_chart(layer: str) -> layout_pb2.Chart:
+    """The chart of ``layer``'s ``grad_log10_ratio``, titled with the layer's name."""
+    regex = f"^{re.escape(tags.layer_tag(tags.GRAD_LOG10_RATIO, layer))}$"
+    return layout_pb2.Chart(title=layer, multiline=layout_pb2.MultilineChartContent(tag=[regex]))
+
+
+def gradient_flow_layout(layers: Sequence[str]) -> layout_pb2.Layout:
+    """Returns the Custom Scalars layout of tbgrad's gradient charts.
+
+    Args:
+        layers: The layers compared with the output layer, in model order
+            (input first), e.g. :attr:`tbgrad.stats.GradientStats.compared_names`.
+    """
+    if isinstance(layers, str):
+        raise TypeError(f"layers must be a sequence of layer names. Received: {layers!r}")
+    overview = [
         layout_pb2.Chart(title=title, multiline=layout_pb2.MultilineChartContent(tag=[regex]))
-        for title, regex in CHARTS
+        for title, regex in OVERVIEW_CHARTS
     ]
-    return layout_pb2.Layout(category=[layout_pb2.Category(title=CATEGORY, chart=charts)])
+    return layout_pb2.Layout(
+        category=[
+            layout_pb2.Category(title=CATEGORY, chart=[layer_chart(name) for name in layers]),
+            layout_pb2.Category(title=OVERVIEW_CATEGORY, chart=overview, closed=True),
+        ]
+    )
 
 
-def write_layout(writer: tf.summary.SummaryWriter) -> None:
-    """Writes :func:`gradient_flow_layout` with ``writer`` at step 0.
+def write_layout(writer: tf.summary.SummaryWriter, layers: Sequence[str]) -> None:
+    """Writes :func:`gradient_flow_layout` of ``layers`` with ``writer`` at step 0.
 
     Call it eagerly; :class:`tbgrad.SummaryLogger` does when it creates a
     run's ``train/`` writer, so both training paths write it.
@@ -50,7 +79,7 @@ def write_layout(writer: tf.summary.SummaryWriter) -> None:
     with writer.as_default(), tf.summary.record_if(True):
         tf.summary.write(
             tag=LAYOUT_TAG,
-            tensor=tf.constant(gradient_flow_layout().SerializeToString(), dtype=tf.string),
+            tensor=tf.constant(gradient_flow_layout(layers).SerializeToString(), dtype=tf.string),
             step=0,
             metadata=layout_metadata.create_summary_metadata(),
         )

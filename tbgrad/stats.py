@@ -521,6 +521,8 @@ class GradientStats:
         if len(kernels_at) >= 2:
             mean_abs = stats["grad_mean_abs"][[kernels_at[0], kernels_at[-1]]]
             ratio = float(mean_abs[0] / mean_abs[-1]) if mean_abs[-1] != 0 else 0.0
+        if kernels_at:
+            scalars[tags.GRAD_LOG10_RATIO] = log10_ratio(stats["grad_mean_abs"], kernels_at[-1])
         if int(stats["steps"]) == 0:
             # No gradient was applied (every step skipped): nothing to average
             # or to bucket, rather than zeros that read as a dead gradient.
@@ -529,6 +531,14 @@ class GradientStats:
             buckets.pop(tags.GRADIENTS, None)
             ratio = None
         return EpochValues(scalars, buckets, ratio, int(stats["steps"]), stats.get("skipped"))
+
+    @property
+    def compared_names(self) -> list[str]:
+        """Every layer but the output layer (the last kernel), whose mean |g|
+        the others' ``grad_log10_ratio`` is relative to."""
+        kernels_at = [i for i, layer in enumerate(self.layers) if layer.is_kernel]
+        output = kernels_at[-1] if kernels_at else None
+        return [name for i, name in enumerate(self.names) if i != output]
 
     def last_step_tensors(self) -> tf.Tensor:
         """The last step's per-layer mean |g| (graph or eager)."""
@@ -585,6 +595,17 @@ def _row_width(size: int, widest: int = 256) -> int:
     # The largest divisor of size up to widest: the width of the [r, c] rows
     # _finite_sums_xla multiplies by a column of ones.
     return next(c for c in range(max(min(size, widest), 1), 0, -1) if size % c == 0)
+
+
+def log10_ratio(mean_abs: np.ndarray, reference: int) -> np.ndarray:
+    """log10 of each layer's mean |g| over layer ``reference``'s.
+
+    A layer whose gradient is exactly 0 gets -inf (0 / 0: NaN): what it is,
+    rather than a floor that would read as a measured value.
+    """
+    mean_abs = np.asarray(mean_abs, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.log10(mean_abs / mean_abs[reference])
 
 
 def histogram_buckets(data, bucket_count: int = DEFAULT_BUCKET_COUNT) -> np.ndarray:

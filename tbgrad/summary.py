@@ -72,7 +72,7 @@ class SummaryLogger:
         if self._metadata_due and self.stats is not None:
             self._metadata_due = False
             train = self._writers[tags.TRAIN_DIR]
-            layout.write_layout(train)  # Custom Scalars charts
+            layout.write_layout(train, self.stats.compared_names)  # Custom Scalars charts
             # The layers' order, for the Gradient-flow dashboard.
             dashboard_metadata.write_layers(train, self.stats.names)
         return self._writers[split]

@@ -6,6 +6,7 @@ run logged either way shows the same tags in the same folders.
 
 Layout of a run folder::
 
+    <run>/             HParams, and the verdict/* scalars at the end of training
     <run>/train/       epoch_* scalars, gradient and weight tags
     <run>/validation/  epoch_* scalars of the validation data
 
@@ -27,6 +28,11 @@ WEIGHTS = "weights"
 WEIGHT_MEAN = "weight_mean"
 WEIGHT_STD = "weight_std"
 WEIGHT_L1 = "weight_l1"
+# log10 of the layer's grad_mean_abs divided by the output layer's (the last
+# kernel's): 0 as strong as the output layer, -1 ten times weaker, -inf when
+# the layer's gradient is exactly 0. One Custom Scalars chart per layer.
+GRAD_LOG10_RATIO = "grad_log10_ratio"
+
 
 # Run-level gradient-flow scalar: mean |g| of the first kernel layer divided
 # by that of the last (the output layer). Far below 1: vanishing gradients.
@@ -41,6 +47,13 @@ GRAD_SKIPPED_STEPS = "grad_skipped_steps"
 # step, like Keras's ``batch_loss`` next to ``epoch_loss``.
 BATCH_GRAD_MEAN_ABS = "batch_grad_mean_abs"
 
+# Run-level, written once when a lab run ends, into the run folder itself
+# (next to its HParams, which show them as metrics): the verdict as a number
+# (tbgrad.verdict.CODES) and the two medians it rests on.
+VERDICT = "verdict/code"
+VERDICT_WEAKEST_RATIO = "verdict/weakest_ratio"
+VERDICT_STRONGEST_RATIO = "verdict/strongest_ratio"
+
 EPOCH_PREFIX = "epoch_"
 BATCH_PREFIX = "batch_"
 
@@ -52,6 +65,7 @@ EPOCH_SCALAR_FAMILIES = (
     WEIGHT_MEAN,
     WEIGHT_STD,
     WEIGHT_L1,
+    GRAD_LOG10_RATIO,
 )
 
 # The README's tag table: (tag, dashboard, when, what it means), in order.
@@ -95,6 +109,13 @@ TABLE = (
         "Scalars, Gradient flow",
         "every epoch",
         "standard deviation of the kernel gradient, averaged over every training step of the epoch",
+    ),
+    (
+        f"`{TRAIN_DIR}/{GRAD_LOG10_RATIO}/<layer>`",
+        "Custom Scalars, Scalars, Gradient flow",
+        "every epoch",
+        f"log10 of the layer's `{GRAD_MEAN_ABS}` over the output layer's: 0 as strong, -1 ten "
+        "times weaker",
     ),
     (
         f"`{TRAIN_DIR}/{GRAD_NONFINITE}/<layer>`",
@@ -147,6 +168,13 @@ TABLE = (
         "every N steps",
         "mean \\|g\\| of that one step's kernel gradient, at the global step (only with "
         "`update_freq=N`)",
+    ),
+    (
+        f"`{VERDICT}`, `{VERDICT_WEAKEST_RATIO}`, `{VERDICT_STRONGEST_RATIO}`",
+        "HParams, Scalars",
+        "when a `tbgrad train` run ends",
+        "in the run folder itself: the verdict as a number (-1 vanishing, 0 healthy, 1 "
+        "exploding, 2 non-finite) and the two medians it compares with 0.1 and 100",
     ),
 )
 

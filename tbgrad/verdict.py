@@ -44,6 +44,9 @@ EXPLODING = "exploding"
 NON_FINITE = "non-finite"
 UNKNOWN = "unknown"
 VERDICTS = (VANISHING, HEALTHY, EXPLODING, NON_FINITE, UNKNOWN)
+# The verdict as a number, for TensorBoard's HParams (whose metrics are
+# numbers): the sign says which way the gradient fails. ``unknown`` has none.
+CODES = {VANISHING: -1, HEALTHY: 0, EXPLODING: 1, NON_FINITE: 2}
 
 # Measured at 500 epochs, seed 1 (docs/verdict.md): A2's weakest
 # ratio never rises above 0.070 in any epoch (median 0.029); A3's never

@@ -13,12 +13,15 @@ Routes (all GET, all JSON except ``/index.js``):
 ``/runs``
     ``[{"run", "name", "layers", "layer_order", "epochs", "statistics",
     "verdict": {"label", "reason", "weakest_ratio", "strongest_ratio"},
-    "weakest_layer", "weakest_layer_ratio"}, ...]`` sorted by name; ``[]``
-    when the log folder holds no tbgrad run. ``run`` is TensorBoard's run
-    (``<run>/train``), ``name`` the run folder, ``layers`` the model order
+    "weakest_layer", "weakest_layer_ratio", "config"}, ...]`` sorted by name;
+    ``[]`` when the log folder holds no tbgrad run. ``run`` is TensorBoard's
+    run (``<run>/train``), ``name`` the run folder, ``layers`` the model order
     (input first, output last), ``layer_order`` ``"summary"`` when it comes
     from the ``tbgrad/layers`` summary, ``"natural"`` when it is guessed
-    from the tag names (natural sort, ``output`` last).
+    from the tag names (natural sort, ``output`` last). ``config`` is the
+    run folder's HParams as ``[[name, value], ...]`` in the order written
+    (``[]`` without HParams): every field, where the HParams dashboard ticks
+    only five.
 ``/heatmap?run=R&stat=S[&relative=1]``
     ``{"run", "name", "stat", "relative", "scale", "layers", "epochs",
     "values"}``: ``values[i][j]`` is the raw value (not its log) of
@@ -48,6 +51,7 @@ from tensorboard import errors, plugin_util
 from tensorboard.backend import http_util
 from tensorboard.data import provider
 from tensorboard.plugins import base_plugin
+from tensorboard.plugins.hparams import metadata as hparams_metadata
 from werkzeug import wrappers
 
 from tbgrad import tags, verdict
@@ -73,9 +77,10 @@ PREFERRED_STATISTICS = (
 )
 # Positive magnitudes spanning decades: coloured by log10.
 LOG_STATISTICS = (tags.GRAD_MEAN_ABS, tags.GRAD_STD, tags.WEIGHT_STD, tags.WEIGHT_L1)
-# Signed values (weight_mean) and counts that are mostly 0 (grad_nonfinite)
-# have no log; a ratio to the output layer means nothing for them either.
-LINEAR_STATISTICS = (tags.WEIGHT_MEAN, tags.GRAD_NONFINITE)
+# Signed values (weight_mean, grad_log10_ratio: already a log) and counts
+# that are mostly 0 (grad_nonfinite) have no log; a ratio to the output layer
+# means nothing for them either.
+LINEAR_STATISTICS = (tags.WEIGHT_MEAN, tags.GRAD_NONFINITE, tags.GRAD_LOG10_RATIO)
 OUTPUT_LAYER = "output"
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("", "0", "false", "no", "off")
@@ -299,6 +304,37 @@ def run_summary(info: RunInfo, train: Mapping[str, Sequence], validation: Mappin
     }
 
 
+def run_config(contents: Mapping[str, bytes]) -> list[list]:
+    """``[[name, value], ...]`` of a run folder's HParams summaries.
+
+    Args:
+        contents: ``{tag: plugin content}`` of the folder's ``hparams``
+            summaries: the session start info (the values) and, when present,
+            the experiment (the columns, in the order they were written).
+
+    Unreadable summaries give ``[]``; names the experiment lacks follow,
+    sorted.
+    """
+    try:
+        start = hparams_metadata.parse_session_start_info_plugin_data(
+            contents[hparams_metadata.SESSION_START_INFO_TAG]
+        )
+        written = contents.get(hparams_metadata.EXPERIMENT_TAG)
+        experiment = written and hparams_metadata.parse_experiment_plugin_data(written)
+    except (KeyError, ValueError, TypeError, AttributeError):
+        return []
+    order = [info.name for info in experiment.hparam_infos] if experiment else []
+    names = [n for n in order if n in start.hparams]
+    names += sorted(set(start.hparams) - set(names))
+    return [[name, plain_value(start.hparams[name])] for name in names]
+
+
+def plain_value(value) -> str | float | bool | None:
+    """A ``google.protobuf.Value`` of HParams as a JSON value (None if not a scalar)."""
+    kind = value.WhichOneof("kind")
+    return getattr(value, kind) if kind in ("string_value", "number_value", "bool_value") else None
+
+
 def parse_relative(value: str | None) -> bool:
     """The ``relative`` query parameter as a bool; RequestError when malformed."""
     word = (value or "").strip().lower()
@@ -457,11 +493,28 @@ class GradientFlowPlugin(base_plugin.TBPlugin):
         runs = [info.run for info in infos.values()]
         runs += [info.validation_run for info in infos.values() if info.validation_run]
         data = self._read(ctx, eid, runs, wanted)
+        configs = self._configs(ctx, eid, [info.name for info in infos.values()])
         out = [
             run_summary(info, data.get(info.run, {}), data.get(info.validation_run, {}))
+            | {"config": configs.get(info.name, [])}
             for info in infos.values()
         ]
         return sorted(out, key=lambda entry: natural_key(entry["name"]))
+
+    def _configs(self, ctx, eid: str, folders: Sequence[str]) -> dict[str, list[list]]:
+        """``{run folder: run_config(...)}`` of the folders holding HParams."""
+        if not folders:
+            return {}
+        listing = self._provider.list_tensors(
+            ctx,
+            experiment_id=eid,
+            plugin_name=hparams_metadata.PLUGIN_NAME,
+            run_tag_filter=provider.RunTagFilter(runs=sorted(set(folders))),
+        )
+        return {
+            run: run_config({tag: series.plugin_content for tag, series in by_tag.items()})
+            for run, by_tag in listing.items()
+        }
 
     def _resolve(self, infos: Mapping[str, RunInfo], asked: Sequence[str]) -> list[RunInfo]:
         """The runs named by ``run=`` (TensorBoard's name or the folder); RequestError if not."""

@@ -19,8 +19,11 @@ from tbgrad._validate import (
 from tbgrad.lab.choices import (
     DATASETS,
     DEFAULT_LEARNING_RATES,
+    KERAS_ACTIVATIONS,
+    KERAS_INITIALIZERS,
     LOOPS,
     MAX_REPLICAS,
+    NAMED_INITIALIZERS,
     OPTIMIZERS,
     check_activation,
     check_initializer,
@@ -44,6 +47,20 @@ HPARAMS = (
     "dataset",
     "preset",
 )
+# What an unset output_init and preset read as in HParams (it has no None).
+DEFAULT_OUTPUT_INIT = "default"
+NO_PRESET = "none"
+_INITIALIZERS = tuple(dict.fromkeys(NAMED_INITIALIZERS + KERAS_INITIALIZERS))
+# Every value of the text columns, for the HParams dashboard's filters.
+HPARAM_DOMAINS = {
+    "act": KERAS_ACTIVATIONS,
+    "init": _INITIALIZERS,
+    "output_init": (DEFAULT_OUTPUT_INIT, *_INITIALIZERS),
+    "optimizer": OPTIMIZERS,
+    "loop": LOOPS,
+    "dataset": DATASETS,
+    "preset": (NO_PRESET, *PRESETS),
+}
 
 
 @dataclass(frozen=True)
@@ -109,11 +126,12 @@ class RunConfig:
         return out
 
     def hparams(self) -> dict[str, str | int | float]:
-        """The HParams values of this run (defaults resolved, no None)."""
+        """The HParams values of this run, in :data:`HPARAMS` order (defaults
+        resolved, no None)."""
         return {
             "act": self.act,
             "init": self.init,
-            "output_init": self.output_init or "default",
+            "output_init": self.output_init or DEFAULT_OUTPUT_INIT,
             "depth": self.depth,
             "width": self.width,
             "optimizer": self.optimizer,
@@ -124,7 +142,7 @@ class RunConfig:
             "seed": self.seed,
             "loop": self.loop,
             "dataset": self.dataset,
-            "preset": self.preset or "none",
+            "preset": self.preset or NO_PRESET,
         }
 
     def validate(self) -> RunConfig:

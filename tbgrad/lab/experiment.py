@@ -15,8 +15,8 @@ import tensorflow as tf
 
 from tbgrad import _multi_worker, _paths
 from tbgrad.gradient_tensorboard import GradientTensorBoard
-from tbgrad.hparams import write_hparams
-from tbgrad.lab.config import RunConfig
+from tbgrad.hparams import write_hparams, write_verdict
+from tbgrad.lab.config import HPARAM_DOMAINS, RunConfig
 from tbgrad.lab.data import load_dataset
 from tbgrad.lab.distribute import make_strategy
 from tbgrad.lab.models import build_mlp, make_optimizer
@@ -64,15 +64,26 @@ class RunResult:
 
 class EpochProgress(keras.callbacks.Callback):
     """One progress bar over the epochs (Keras's per-step bars would print
-    hundreds of lines for a 500-epoch run)."""
+    hundreds of lines for a 500-epoch run), showing each epoch's own loss and
+    accuracy: the values the run logs for that epoch."""
 
     def __init__(self, epochs: int):
         super().__init__()
-        self._bar = keras.utils.Progbar(epochs, unit_name="epoch")
         self._epochs = epochs
+        self._bar = None
 
     def on_epoch_end(self, epoch, logs=None):
         values = [(k, float(v)) for k, v in (logs or {}).items() if "accuracy" in k or "loss" in k]
+        if self._bar is None:
+            # Progbar averages every value over the updates so far unless it
+            # is named stateful; an epoch's logs are already its own figures.
+            # interval=0: a line for every epoch, not one per 0.05 s.
+            self._bar = keras.utils.Progbar(
+                self._epochs,
+                unit_name="epoch",
+                interval=0,
+                stateful_metrics=[k for k, _ in values],
+            )
         self._bar.update(epoch + 1, values=values, finalize=epoch + 1 == self._epochs)
 
 
@@ -134,7 +145,7 @@ def run(
     chief = _multi_worker.is_chief(strategy)
     run_dir = _run_folder(config, logdir, run_name, strategy, chief)
     try:
-        write_hparams(run_dir, config.hparams())
+        write_hparams(run_dir, config.hparams(), domains=HPARAM_DOMAINS)
         if on_start is not None and chief:
             on_start(run_dir)
         start = time.perf_counter()
@@ -214,7 +225,8 @@ def _tape(config: RunConfig, data, model, optimizer, run_dir, verbose: int) -> d
 
 
 def _result(config: RunConfig, run_dir, data, model, history: dict, seconds: float) -> RunResult:
-    """The trained model's figures on all of both halves, and the run's verdict."""
+    """The trained model's figures on all of both halves, and the run's verdict,
+    also written into the run folder for HParams (:func:`write_verdict`)."""
     train_loss, train_acc = evaluate(model, data.x_train, data.y_train)
     test_loss, test_acc = evaluate(model, data.x_test, data.y_test)
     result = RunResult(
@@ -227,7 +239,11 @@ def _result(config: RunConfig, run_dir, data, model, history: dict, seconds: flo
         test_loss=test_loss,
         seconds=seconds,
     )
-    result.extra["verdict"] = verdict_of(run_dir).to_dict()
+    found = verdict_of(run_dir)
+    epochs = len(result.history.get("loss", ()))
+    if epochs:
+        write_verdict(run_dir, found, step=epochs - 1)
+    result.extra["verdict"] = found.to_dict()
     return result
 
 

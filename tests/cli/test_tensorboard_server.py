@@ -21,12 +21,14 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tbgrad import layout, tags
 from tbgrad.cli.train import main as train_main
 from tbgrad.eventlog import load_run
-from tbgrad.lab.config import HPARAMS
+from tbgrad.hparams import METRICS
+from tbgrad.lab.config import HPARAM_DOMAINS, HPARAMS
 
 RUNS = {
     "tanh-uniform01-d2-w5-sgd-s1": ["--act", "tanh", "--init", "uniform01"],
@@ -34,6 +36,7 @@ RUNS = {
 }
 LAYERS = ["hidden_1", "hidden_2", "output"]
 READY_TIMEOUT = 120  # seconds; TensorBoard loads event files in the background
+VERDICT_TAGS = {tags.VERDICT, tags.VERDICT_WEAKEST_RATIO, tags.VERDICT_STRONGEST_RATIO}
 
 
 def _free_port() -> int:
@@ -125,6 +128,7 @@ def test_gradient_histogram_and_scalar_tags_are_identical_in_both_runs(server, l
         assert set(histograms[f"{name}/train"]) == want_histograms
         assert set(scalars[f"{name}/train"]) == want_scalars
         assert set(scalars[f"{name}/validation"]) == {"epoch_loss", "epoch_accuracy"}
+        assert set(scalars[name]) == VERDICT_TAGS  # the run folder itself
     # Values served equal the values in the event files.
     name = next(iter(RUNS))
     query = urllib.parse.urlencode({"run": f"{name}/train", "tag": tags.GRAD_RATIO})
@@ -135,16 +139,49 @@ def test_gradient_histogram_and_scalar_tags_are_identical_in_both_runs(server, l
     assert [p[2] for p in points] == pytest.approx(list(run.train.scalar(tags.GRAD_RATIO)))
 
 
+def verdict_figures(run) -> dict[str, float]:
+    """The verdict's metrics computed here from the run's grad_mean_abs scalars."""
+    g = np.stack([run.train.scalar(f"grad_mean_abs/{layer}") for layer in LAYERS], axis=1)
+    quotients = g[:, :-1] / g[:, -1:]  # every hidden layer over the output layer
+    weakest = float(np.median(quotients.min(axis=1)))
+    strongest = float(np.median(quotients.max(axis=1)))
+    code = -1 if weakest < 0.1 else 1 if strongest > 100 else 0
+    return {
+        tags.VERDICT: code,
+        tags.VERDICT_WEAKEST_RATIO: weakest,
+        tags.VERDICT_STRONGEST_RATIO: strongest,
+    }
+
+
+def test_hparams_experiment_lists_every_column_with_its_type(server):
+    # What the HParams page asks (tf-hparams-query-pane: hparamsLimit 1000).
+    experiment = _get(
+        server,
+        "/data/plugin/hparams/experiment",
+        request={"experimentName": "", "hparamsLimit": 1000},
+    )
+    infos = experiment["hparamInfos"]
+    # The server sorts the columns by name, whatever order the runs wrote.
+    assert [h["name"] for h in infos] == sorted(HPARAMS)
+    assert {h["name"]: h["type"] for h in infos} == {
+        name: "DATA_TYPE_FLOAT64" if name in ("lr", "momentum") else "DATA_TYPE_STRING"
+        for name in HPARAMS
+    }
+    for info in infos:
+        assert info.get("domainDiscrete", []) == list(HPARAM_DOMAINS.get(info["name"], []))
+    metrics = [
+        (m["name"]["tag"], m["name"]["group"], m["displayName"]) for m in experiment["metricInfos"]
+    ]
+    assert metrics == list(METRICS)
+    assert ("verdict/weakest_ratio", "") in [(tag, group) for tag, group, _ in metrics[:5]]
+
+
 def test_hparams_rows_hold_config_and_last_metric_values(server, logdir):
-    experiment = _get(server, "/data/plugin/hparams/experiment", request={"experimentName": ""})
-    assert sorted(h["name"] for h in experiment["hparamInfos"]) == sorted(HPARAMS)
     request = {
         "experimentName": "",
         "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"],
-        "colParams": [
-            {"hparam": "act"},
-            {"metric": {"tag": "epoch_accuracy", "group": "validation"}},
-        ],
+        "colParams": [{"hparam": name} for name in HPARAMS]
+        + [{"metric": {"tag": tag, "group": group}} for tag, group, _ in METRICS],
         "startIndex": 0,
         "sliceSize": 100,
         "includeMetrics": True,
@@ -154,24 +191,50 @@ def test_hparams_rows_hold_config_and_last_metric_values(server, logdir):
     assert set(rows) == set(RUNS)
     for name, flags in RUNS.items():
         row = rows[name]
-        assert row["hparams"]["act"] == flags[1]
-        assert row["hparams"]["init"] == flags[3]
-        assert row["hparams"]["depth"] == 2
+        assert row["hparams"] == {
+            "act": flags[1],
+            "init": flags[3],
+            "output_init": "default",
+            "depth": "2",  # integers as text: HParams prints numbers as 2.0000
+            "width": "5",
+            "optimizer": "sgd",
+            "lr": 0.01,
+            "momentum": 0.9,
+            "batch_size": "32",
+            "epochs": "2",
+            "seed": "1",
+            "loop": "fit",
+            "dataset": "circles-a",
+            "preset": "none",
+        }
         metrics = {(m["name"]["group"], m["name"]["tag"]): m["value"] for m in row["metricValues"]}
+        assert set(metrics) == {(group, tag) for tag, group, _ in METRICS}
         run = load_run(logdir / name)
-        assert metrics[("validation", "epoch_accuracy")] == pytest.approx(
-            run.validation.scalar("epoch_accuracy")[-1]
-        )
+        for split in ("train", "validation"):
+            for tag in ("epoch_accuracy", "epoch_loss"):
+                assert metrics[(split, tag)] == pytest.approx(run.splits[split].scalar(tag)[-1])
         assert metrics[("train", tags.GRAD_RATIO)] == pytest.approx(
             run.train.scalar(tags.GRAD_RATIO)[-1]
         )
+        for tag, value in verdict_figures(run).items():
+            assert metrics[("", tag)] == pytest.approx(value, rel=1e-6), (name, tag)
+    # The two runs this test trains: one vanishes, one does not.
+    codes = {name: rows[name]["metricValues"] for name in RUNS}
+    verdicts = {
+        name: next(m["value"] for m in values if m["name"]["tag"] == tags.VERDICT)
+        for name, values in codes.items()
+    }
+    assert verdicts == {"tanh-uniform01-d2-w5-sgd-s1": -1, "relu-he_uniform-d2-w5-sgd-s1": 0}
 
 
 def test_custom_scalars_layout_is_served_once_for_both_runs(server):
     served = _get(server, "/data/plugin/custom_scalars/layout")
-    want = layout.gradient_flow_layout()
-    assert [c["title"] for c in served["category"]] == [want.category[0].title]
-    charts = served["category"][0]["chart"]
-    assert [(c["title"], c["multiline"]["tag"]) for c in charts] == [
-        (c.title, list(c.multiline.tag)) for c in want.category[0].chart
+    want = layout.gradient_flow_layout(LAYERS[:-1])  # the output layer is the reference
+    assert [(c["title"], c.get("closed", False)) for c in served["category"]] == [
+        (c.title, c.closed) for c in want.category
     ]
+    for category, wanted in zip(served["category"], want.category):
+        assert [(c["title"], c["multiline"]["tag"]) for c in category["chart"]] == [
+            (c.title, list(c.multiline.tag)) for c in wanted.chart
+        ]
+    assert [c["title"] for c in served["category"][0]["chart"]] == ["hidden_1", "hidden_2"]

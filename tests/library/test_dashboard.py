@@ -52,6 +52,8 @@ PLUGIN = f"/data/plugin/{metadata.PLUGIN_NAME}"
 FRAME = f"/data/plugin_entry.html?name={metadata.PLUGIN_NAME}"
 CHROMIUM = "/usr/bin/chromium"
 EMPTY_SENTENCE = "No tbgrad runs in this log folder"
+# The vanishing run's HParams; the others have none.
+CONFIG = {"act": "tanh", "init": "uniform01", "depth": 5, "lr": 0.01}
 
 
 # -- runs -----------------------------------------------------------------------
@@ -94,6 +96,7 @@ def logdir(tmp_path_factory) -> Path:
     x, y = make_circles(256, noise=0.05, factor=0.5, random_state=0)
     for name, (activation, init) in RUNS.items():
         train(logdir / name, activation, init, x.astype("float32"), y.astype("float32"))
+    tbgrad.write_hparams(logdir / "vanishing", CONFIG)
     write_legacy_run(logdir / LEGACY)
     return logdir
 
@@ -241,6 +244,11 @@ def test_runs_lists_layers_in_model_order_and_the_verdicts(server, logdir):
     legacy = by_name[LEGACY]
     assert legacy["layers"] == LEGACY_NATURAL_ORDER and legacy["layer_order"] == "natural"
     assert legacy["statistics"] == [tags.GRAD_MEAN_ABS]
+    # The run folder's HParams, every field in the order written (integers as text).
+    assert by_name["vanishing"]["config"] == [
+        ["act", "tanh"], ["init", "uniform01"], ["depth", "5"], ["lr", 0.01]
+    ]  # fmt: skip
+    assert by_name["healthy"]["config"] == [] and legacy["config"] == []
 
 
 @pytest.mark.parametrize("stat", [tags.GRAD_MEAN_ABS, tags.GRAD_STD, tags.WEIGHT_STD])
@@ -336,6 +344,9 @@ def test_page_shows_every_layer_and_both_runs(server, tmp_path):
         assert f">{layer}</text>" in dom
     assert 'class="colourbar"' in dom and "10⁻" in dom  # decades on the colour bar
     assert "vanishing</span>" in dom and "healthy</span>" in dom  # the verdict badges
+    # The vanishing run's configuration, every field of its HParams.
+    assert '<div class="config">act <b>tanh</b> · init <b>uniform01</b> · depth <b>5</b>' in dom
+    assert dom.count('class="config"') == 1
     shot = tmp_path / "dashboard.png"
     chromium(
         f"{server}/?forceSVG=true#{metadata.PLUGIN_NAME}",

@@ -19,7 +19,7 @@ const LEVELS = 128;
 const MISSING_COLOUR = '#e4e4e4'; // NaN, Inf or not logged
 const NONPOSITIVE_COLOUR = '#1b1b1b'; // 0 or below: no log10
 // Mirrors LINEAR_STATISTICS of plugin.py: no log and no ratio for these.
-const LINEAR_STATS = new Set(['weight_mean', 'grad_nonfinite']);
+const LINEAR_STATS = new Set(['weight_mean', 'grad_nonfinite', 'grad_log10_ratio']);
 const MAX_DEFAULT_RUNS = 4;
 const LABEL_FONT = 12;
 const MEDIAN_WIDTH = 64; // the column of row medians right of a map
@@ -45,6 +45,8 @@ const STYLE = `
   .panel h2 { font-size: 14px; font-weight: 500; margin: 6px 0 3px; word-break: break-all; }
   .verdict { margin: 0 0 2px; }
   .reason { color: #666; font-size: 12px; margin: 0 0 6px; }
+  .config { color: #666; font-size: 12px; margin: -4px 0 6px; }
+  .config b { color: #212121; font-weight: 500; }
   .badge { display: inline-block; padding: 0 7px; border-radius: 9px; font-weight: 500;
     margin-right: 6px; }
   .badge.vanishing { background: #f4dcd6; color: #8c2f1f; }
@@ -120,8 +122,8 @@ function header() {
     el('h1', {}, 'Gradient flow'),
     el('p', {class: 'lede'},
       'One map per run: a row per layer, input layer at the top, output layer at the bottom; ' +
-      'a column per epoch. Colour is log10 of the statistic (linear for weight_mean and ' +
-      'grad_nonfinite), on one scale for every run shown, so a dark band in grad_mean_abs is a ' +
+      'a column per epoch. Colour is log10 of the statistic (linear for weight_mean, ' +
+      'grad_nonfinite and grad_log10_ratio, already a log), on one scale for every run shown, so a dark band in grad_mean_abs is a ' +
       'layer the gradient hardly reaches (vanishing), whatever the run. Hover a cell for its value.'),
   ]);
 }
@@ -219,8 +221,16 @@ function panel(run, map, scale, width) {
     el('div', {class: 'verdict'}, [el('span', {class: `badge ${verdict.label}`}, verdict.label), ...weakest]),
     el('div', {class: 'reason'}, verdict.reason + (run.layer_order === 'natural'
       ? ' · layer order guessed from the names (no tbgrad/layers summary)' : '')),
+    ...(run.config && run.config.length ? [configLine(run.config)] : []),
     body,
   ]);
+}
+
+// The run's HParams, every field in the order written: "act tanh · depth 5 · ...".
+function configLine(config) {
+  const parts = config.flatMap(([name, value], i) =>
+    [i ? ' · ' : '', `${name} `, el('b', {}, value == null ? '' : String(value))]);
+  return el('div', {class: 'config'}, parts);
 }
 
 function heatmap(run, map, scale, width) {
