@@ -24,8 +24,13 @@ def has_update_step(optimizer) -> bool:
     return callable(getattr(optimizer, OPTIMIZER_UPDATE_STEP, None))
 
 
-def wrap_update_step(optimizer, before: Callable[[list, list], None]) -> None:
-    """Makes ``optimizer`` call ``before(grads, variables)`` ahead of each update.
+def wrap_update_step(
+    optimizer,
+    before: Callable[[list, list], None],
+    after: Callable[[], None] | None = None,
+) -> None:
+    """Makes ``optimizer`` call ``before(grads, variables)`` ahead of each update
+    and ``after()`` (if given) once the update has moved the weights.
 
     An instance attribute shadows the class's method for this one optimizer
     (not its class); :func:`unwrap_update_step` removes it.
@@ -36,7 +41,10 @@ def wrap_update_step(optimizer, before: Callable[[list, list], None]) -> None:
         grads = list(grads)
         trainable_variables = list(trainable_variables)
         before(grads, trainable_variables)
-        return original(grads, trainable_variables, learning_rate)
+        result = original(grads, trainable_variables, learning_rate)
+        if after is not None:
+            after()
+        return result
 
     setattr(optimizer, OPTIMIZER_UPDATE_STEP, update_step)
 
@@ -49,6 +57,43 @@ def unwrap_update_step(optimizer) -> None:
 def is_update_step_wrapped(optimizer) -> bool:
     """Whether :func:`wrap_update_step` is in force on ``optimizer``."""
     return OPTIMIZER_UPDATE_STEP in vars(optimizer)
+
+
+# Every Keras 3 optimizer's ``apply()`` (``_backend_apply_gradients``) calls
+# this method on the unscaled (and, with gradient accumulation, averaged)
+# gradients, then applies weight decay and reaches the update step: it is the
+# first point of a step that sees the gradients before clipping, and the last
+# one before the weights move (keras/src/optimizers/base_optimizer.py). No
+# public API exposes the gradients before clipping.
+OPTIMIZER_CLIP_GRADIENTS = "_clip_gradients"
+
+
+def has_clip_gradients(optimizer) -> bool:
+    """Whether ``optimizer`` has the method :func:`wrap_clip_gradients` wraps."""
+    return callable(getattr(optimizer, OPTIMIZER_CLIP_GRADIENTS, None))
+
+
+def wrap_clip_gradients(optimizer, seen: Callable[[list, list], None]) -> None:
+    """Makes ``optimizer`` call ``seen(unclipped, clipped)`` in each update,
+    before weight decay and the update step move the weights.
+
+    Like :func:`wrap_update_step`, on this one instance; undone by
+    :func:`unwrap_clip_gradients`.
+    """
+    original = getattr(optimizer, OPTIMIZER_CLIP_GRADIENTS)
+
+    def clip_gradients(grads):
+        grads = list(grads)
+        clipped = list(original(grads))
+        seen(grads, clipped)
+        return clipped
+
+    setattr(optimizer, OPTIMIZER_CLIP_GRADIENTS, clip_gradients)
+
+
+def unwrap_clip_gradients(optimizer) -> None:
+    """Undoes :func:`wrap_clip_gradients`."""
+    optimizer.__dict__.pop(OPTIMIZER_CLIP_GRADIENTS, None)
 
 
 # A Keras 3 LossScaleOptimizer calls this method instead of its inner

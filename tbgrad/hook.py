@@ -7,6 +7,10 @@ gradients it receives are exactly the ones that move the weights.
 class, see :func:`tbgrad._compat.wrap_update_step`) so that both
 ``model.fit`` and the tape loop feed the statistics from the same place.
 
+Around the update it also reads every tracked kernel (before weight decay
+and after the update step) for the update-to-weight ratios of
+:class:`tbgrad.diagnostics.UpdateRatios`.
+
 A LossScaleOptimizer skips a step whose loss-scaled gradients are not
 finite without reaching that update step; the hook counts those steps
 (:meth:`GradientStats.skip`) where the optimizer handles them.
@@ -19,6 +23,7 @@ from collections.abc import Callable
 import keras
 
 from tbgrad import _compat
+from tbgrad.diagnostics import UpdateRatios
 from tbgrad.stats import GradientStats
 
 
@@ -72,7 +77,15 @@ class OptimizerHook:
         def before_update(grads, variables):
             get().update(grads, variables)
 
-        _compat.wrap_update_step(self.optimizer, before_update)
+        def before_weights_move(unclipped, clipped):
+            _diagnostics(get()).before_update()
+
+        def after_update():
+            _diagnostics(get()).after_update()
+
+        _compat.wrap_update_step(self.optimizer, before_update, after_update)
+        if _compat.has_clip_gradients(self.optimizer):
+            _compat.wrap_clip_gradients(self.optimizer, before_weights_move)
         if self.counts_skips:
             _compat.wrap_skip_step(self.outer, lambda: get().skip())
         self._installed = True
@@ -80,6 +93,7 @@ class OptimizerHook:
     def remove(self) -> None:
         if self._installed:
             _compat.unwrap_update_step(self.optimizer)
+            _compat.unwrap_clip_gradients(self.optimizer)
             _compat.unwrap_skip_step(self.outer)
             self._installed = False
 
@@ -89,3 +103,19 @@ class OptimizerHook:
 
     def __exit__(self, *exc) -> None:
         self.remove()
+
+
+class _NoDiagnostics:
+    # For a duck-typed accumulator without update ratios.
+    def before_update(self) -> None:
+        pass
+
+    def after_update(self) -> None:
+        pass
+
+
+def _diagnostics(target) -> UpdateRatios | _NoDiagnostics:
+    """The update ratios of ``target``: a GradientStats, or a GradientLogger
+    (whose ``stats`` is one)."""
+    stats = target if isinstance(target, GradientStats) else getattr(target, "stats", None)
+    return getattr(stats, "diagnostics", None) or _NoDiagnostics()

@@ -25,7 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tbgrad import _compat, tags
+from tbgrad import _compat, diagnostics, tags
 from tbgrad._validate import check_int
 
 # Columns of the per-layer statistics matrix.
@@ -233,6 +233,9 @@ class GradientStats:
         ]
         self._index = {id(layer.kernel): i for i, layer in enumerate(self.layers)}
         self._path_index = {layer.kernel.path: i for i, layer in enumerate(self.layers)}
+        # The update-to-weight ratios, measured around the optimizer's update
+        # (the hook calls before_update and after_update).
+        self.diagnostics = diagnostics.UpdateRatios([layer.kernel for layer in self.layers])
         self._groups, self._order = _size_groups(self.layers)
         self._sizes = np.array(
             [np.prod(layer.kernel.shape) for layer in self.layers], dtype=np.float32
@@ -439,6 +442,7 @@ class GradientStats:
         if self.stats_every > 1:
             self._seen.assign(0)
         self._capture.assign(capture)
+        self.diagnostics.reset()
         if self.count_skips:
             self._skipped.assign(0)
 
@@ -458,6 +462,7 @@ class GradientStats:
         }
         if self.count_skips:
             out["skipped"] = self._skipped.read_value()
+        out.update(self.diagnostics.snapshot_tensors())
         return out
 
     def epoch_stats(self, snapshot: dict | None = None) -> dict[str, np.ndarray]:
@@ -523,6 +528,7 @@ class GradientStats:
             ratio = float(mean_abs[0] / mean_abs[-1]) if mean_abs[-1] != 0 else 0.0
         if kernels_at:
             scalars[tags.GRAD_LOG10_RATIO] = log10_ratio(stats["grad_mean_abs"], kernels_at[-1])
+        scalars.update(self.diagnostics.epoch_scalars(snapshot))
         if int(stats["steps"]) == 0:
             # No gradient was applied (every step skipped): nothing to average
             # or to bucket, rather than zeros that read as a dead gradient.

@@ -28,11 +28,14 @@ WEIGHTS = "weights"
 WEIGHT_MEAN = "weight_mean"
 WEIGHT_STD = "weight_std"
 WEIGHT_L1 = "weight_l1"
+# ||w_after - w_before|| / ||w_before|| of the kernel over one optimizer step
+# (weight decay and clipping included), averaged over the epoch's steps;
+# about 1e-3 is the usual rule of thumb (tbgrad.diagnostics).
+UPDATE_RATIO = "update_ratio"
 # log10 of the layer's grad_mean_abs divided by the output layer's (the last
 # kernel's): 0 as strong as the output layer, -1 ten times weaker, -inf when
 # the layer's gradient is exactly 0. One Custom Scalars chart per layer.
 GRAD_LOG10_RATIO = "grad_log10_ratio"
-
 
 # Run-level gradient-flow scalar: mean |g| of the first kernel layer divided
 # by that of the last (the output layer). Far below 1: vanishing gradients.
@@ -65,6 +68,7 @@ EPOCH_SCALAR_FAMILIES = (
     WEIGHT_MEAN,
     WEIGHT_STD,
     WEIGHT_L1,
+    UPDATE_RATIO,
     GRAD_LOG10_RATIO,
 )
 
@@ -140,6 +144,12 @@ TABLE = (
         "Scalars",
         "every epoch",
         "L1 norm (sum of \\|w\\|) of the kernel: how much the layer has grown or changed",
+    ),
+    (
+        f"`{TRAIN_DIR}/{UPDATE_RATIO}/<layer>`",
+        "Scalars, Gradient flow",
+        "every epoch",
+        "\\|\\|Δw\\|\\| / \\|\\|w\\|\\| per step, epoch mean (near 1e-3 is usual)",
     ),
     (
         f"`{TRAIN_DIR}/{GRAD_RATIO}`",

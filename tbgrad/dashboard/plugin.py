@@ -72,11 +72,18 @@ PREFERRED_STATISTICS = (
     tags.GRAD_STD,
     tags.WEIGHT_STD,
     tags.WEIGHT_L1,
+    tags.UPDATE_RATIO,
     tags.WEIGHT_MEAN,
     tags.GRAD_NONFINITE,
 )
 # Positive magnitudes spanning decades: coloured by log10.
-LOG_STATISTICS = (tags.GRAD_MEAN_ABS, tags.GRAD_STD, tags.WEIGHT_STD, tags.WEIGHT_L1)
+LOG_STATISTICS = (
+    tags.GRAD_MEAN_ABS,
+    tags.GRAD_STD,
+    tags.WEIGHT_STD,
+    tags.WEIGHT_L1,
+    tags.UPDATE_RATIO,
+)
 # Signed values (weight_mean, grad_log10_ratio: already a log) and counts
 # that are mostly 0 (grad_nonfinite) have no log; a ratio to the output layer
 # means nothing for them either.

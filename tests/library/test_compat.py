@@ -150,3 +150,37 @@ def test_functional_cond_stays_one_if_op_and_picks_the_branch():
         )
     # Eagerly, the branch is just called.
     assert float(_compat.functional_cond(tf.constant(False), lambda: 1.0, lambda: 0.0)) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("clip", "expected"),
+    [({"clipnorm": 1.0}, [0.2, -0.4, 0.8, 0.4]), ({"clipvalue": 0.5}, [0.5, -0.5, 0.5, 0.5])],
+)
+def test_clip_gradients_sees_the_gradients_before_and_after_clipping(clip, expected):
+    opt = keras.optimizers.SGD(0.1, **clip)
+    assert _compat.has_clip_gradients(opt), (
+        f"keras.optimizers.SGD has no {_compat.OPTIMIZER_CLIP_GRADIENTS}: "
+        "this Keras release changed how apply() clips the gradients"
+    )
+    var = keras.Variable(np.ones(4, "float32"))
+    seen = []
+    _compat.wrap_clip_gradients(opt, lambda unclipped, clipped: seen.append((unclipped, clipped)))
+    grad = tf.constant([0.5, -1.0, 2.0, 1.0])
+    opt.apply([grad], [var])
+    assert len(seen) == 1, f"{_compat.OPTIMIZER_CLIP_GRADIENTS} was not called by apply()"
+    np.testing.assert_array_equal(np.asarray(seen[0][0][0]), grad.numpy())
+    np.testing.assert_allclose(np.asarray(seen[0][1][0]), expected, rtol=1e-6)
+    # The update applied the clipped gradient.
+    np.testing.assert_allclose(var.numpy(), 1 - 0.1 * np.array(expected), rtol=1e-6)
+    _compat.unwrap_clip_gradients(opt)
+    assert _compat.OPTIMIZER_CLIP_GRADIENTS not in vars(opt)
+
+
+def test_update_step_calls_after_once_the_weights_moved():
+    opt = keras.optimizers.SGD(0.5)
+    var = keras.Variable(np.ones(2, "float32"))
+    after = []
+    _compat.wrap_update_step(opt, lambda grads, variables: None, lambda: after.append(var.numpy()))
+    opt.apply([tf.constant([1.0, 2.0])], [var])
+    np.testing.assert_array_equal(after, [[0.5, 0.0]])
+    _compat.unwrap_update_step(opt)

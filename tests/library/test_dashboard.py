@@ -251,7 +251,9 @@ def test_runs_lists_layers_in_model_order_and_the_verdicts(server, logdir):
     assert by_name["healthy"]["config"] == [] and legacy["config"] == []
 
 
-@pytest.mark.parametrize("stat", [tags.GRAD_MEAN_ABS, tags.GRAD_STD, tags.WEIGHT_STD])
+@pytest.mark.parametrize(
+    "stat", [tags.GRAD_MEAN_ABS, tags.GRAD_STD, tags.WEIGHT_STD, tags.UPDATE_RATIO]
+)
 def test_heatmap_values_equal_the_event_files(server, logdir, stat):
     for name in RUNS:
         status, _, body = get(server, f"{PLUGIN}/heatmap?" + query(run=name, stat=stat))
@@ -343,6 +345,7 @@ def test_page_shows_every_layer_and_both_runs(server, tmp_path):
     for layer in LAYERS:
         assert f">{layer}</text>" in dom
     assert 'class="colourbar"' in dom and "10⁻" in dom  # decades on the colour bar
+    assert "near 1e-3 is healthy" in dom  # update_ratio's reference
     assert "vanishing</span>" in dom and "healthy</span>" in dom  # the verdict badges
     # The vanishing run's configuration, every field of its HParams.
     assert '<div class="config">act <b>tanh</b> · init <b>uniform01</b> · depth <b>5</b>' in dom

@@ -125,6 +125,10 @@ function header() {
       'a column per epoch. Colour is log10 of the statistic (linear for weight_mean, ' +
       'grad_nonfinite and grad_log10_ratio, already a log), on one scale for every run shown, so a dark band in grad_mean_abs is a ' +
       'layer the gradient hardly reaches (vanishing), whatever the run. Hover a cell for its value.'),
+    el('p', {class: 'lede', id: 'update-ratio-reference'},
+      'update_ratio is ||Δw|| / ||w|| of each optimizer step, averaged over the epoch: near ' +
+      '1e-3 is healthy (CS231n\'s rule of thumb); far below, the layer hardly learns; far ' +
+      'above, its steps are too large for it.'),
   ]);
 }
 

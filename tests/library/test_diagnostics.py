@@ -1,0 +1,101 @@
+"""Update-to-weight ratios against the weights read around each step of a
+hand-written loop with the same optimizer."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import tiny_mlp
+
+import tbgrad
+from tbgrad import tags
+from tbgrad.diagnostics import UpdateRatios
+from tbgrad.eventlog import load_run
+
+EPOCHS = 2
+BATCH = 64
+N = 200  # 3 steps of 64 and one of 8 per epoch
+LAYERS = ["hidden_1", "hidden_2", "output"]
+
+
+def _optimizer(name: str) -> keras.optimizers.Optimizer:
+    # Weight decay, clipping and a schedule all move the weights apart from
+    # the plain gradient step; the ratio must include them.
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.05, decay_steps=2, decay_rate=0.5)
+    if name == "adamw":
+        return keras.optimizers.AdamW(schedule, weight_decay=0.1, clipnorm=0.05)
+    if name == "sgd":
+        return keras.optimizers.SGD(schedule, momentum=0.9, global_clipnorm=0.1)
+    return keras.optimizers.RMSprop(0.01, clipvalue=0.01)
+
+
+def _reference_ratios(model, optimizer, x, y) -> np.ndarray:
+    """[epochs, layers]: the mean over each epoch's steps of
+    ||w_after - w_before|| / ||w_before||, read around ``optimizer.apply``."""
+    kernels = [model.get_layer(name).kernel for name in LAYERS]
+    out = []
+    for _ in range(EPOCHS):
+        steps = []
+        for start in range(0, len(x), BATCH):
+            xb, yb = x[start : start + BATCH], y[start : start + BATCH]
+            with tf.GradientTape() as tape:
+                pred = model(xb, training=True)
+                loss = tf.reduce_mean(keras.losses.binary_crossentropy(yb.reshape(-1, 1), pred))
+            grads = tape.gradient(loss, model.trainable_variables)
+            before = [k.numpy().astype(np.float64) for k in kernels]
+            optimizer.apply(grads, model.trainable_variables)
+            after = [k.numpy().astype(np.float64) for k in kernels]
+            steps.append([np.linalg.norm(a - b) / np.linalg.norm(b) for a, b in zip(after, before)])
+        out.append(np.mean(steps, axis=0))
+    return np.array(out)
+
+
+def _train(path, loop: str, optimizer: str, x, y):
+    model = tiny_mlp()
+    if loop == "fit":
+        model.compile(_optimizer(optimizer), "binary_crossentropy")
+        callback = tbgrad.TensorBoard(path, histogram_freq=0)
+        model.fit(
+            x, y, epochs=EPOCHS, batch_size=BATCH, shuffle=False, verbose=0, callbacks=[callback]
+        )
+    else:
+        tbgrad.train_with_tape(
+            model,
+            x,
+            y,
+            epochs=EPOCHS,
+            batch_size=BATCH,
+            shuffle=False,
+            optimizer=_optimizer(optimizer),
+            log_dir=path,
+            verbose=0,
+            histogram_freq=0,
+            jit_compile=loop == "tape+xla",
+        )
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd", "rmsprop"])
+@pytest.mark.parametrize("loop", ["fit", "tape", "tape+xla"])
+def test_update_ratio_is_the_optimizers_move_over_the_weights(tmp_path, circles, loop, optimizer):
+    x, y = circles.x_train[:N], circles.y_train[:N]
+    _train(tmp_path, loop, optimizer, x, y)
+    expected = _reference_ratios(tiny_mlp(), _optimizer(optimizer), x, y)
+    train = load_run(tmp_path).train
+    logged = np.array([train.scalar(tags.layer_tag(tags.UPDATE_RATIO, n)) for n in LAYERS]).T
+    assert logged.shape == (EPOCHS, len(LAYERS))
+    np.testing.assert_allclose(logged, expected, rtol=1e-4)
+    # The figures are the optimizer's own size of step, not a constant.
+    assert np.all(expected > 1e-4) and np.all(expected < 1)
+
+
+def test_update_ratio_of_a_kernel_that_does_not_move_is_zero():
+    kernel = keras.Variable(np.zeros((2, 2), "float32"))
+    ratios = UpdateRatios([kernel])
+    ratios.before_update()
+    ratios.after_update()
+    kernel.assign(np.ones((2, 2), "float32"))  # after the step: not counted
+    np.testing.assert_array_equal(ratios.epoch_scalars()[tags.UPDATE_RATIO], [0.0])
+    ratios.reset()
+    assert ratios.epoch_scalars() == {}
