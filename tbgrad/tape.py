@@ -100,35 +100,11 @@ def train_with_tape(
         >>> history = tbgrad.train_with_tape(
         ...     model, x, y, epochs=100, optimizer="rmsprop", log_dir="logs/tape")
     """
-    check_keras_backend("tbgrad.train_with_tape")
-    check_int("epochs", epochs)
-    check_int("batch_size", batch_size)
-    check_histogram_freq(histogram_freq)
-    check_update_freq(update_freq)
-    check_variables(variables)
-    if shuffle_buffer is not None:
-        check_int("shuffle_buffer", shuffle_buffer)
-    if validation_batch_size is not None:
-        check_int("validation_batch_size", validation_batch_size)
-    if shuffle and seed is None and _multi_worker.is_multi_worker(_model_strategy(model)):
-        raise ValueError(
-            "shuffling on several workers needs a seed, the same on every worker, so "
-            "that they split the same global batches. Received: shuffle=True, seed=None"
-        )
     x, y = _float_arrays(x, y)
-    if len(x) != len(y):
-        raise ValueError(f"x and y differ in length. Received: len(x)={len(x)}, len(y)={len(y)}")
+    _check_arguments(locals())
     loop = _TapeLoop(model, x.shape[1:], optimizer, loss, metrics, jit_compile)
-    train_ds = tf.data.Dataset.from_tensor_slices((x, y))
-    if shuffle:
-        buffer = shuffle_buffer or len(x)
-        train_ds = train_ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
-    train_ds = train_ds.batch(batch_size).prefetch(2)
-    val_ds = None
-    if validation_data is not None:
-        xv, yv = _float_arrays(*validation_data)
-        val_ds = tf.data.Dataset.from_tensor_slices((xv, yv))
-        val_ds = val_ds.batch(validation_batch_size or batch_size)
+    train_ds = _train_dataset(x, y, batch_size, shuffle, shuffle_buffer, seed)
+    val_ds = _validation_dataset(validation_data, validation_batch_size or batch_size)
     if log_dir is not None:
         loop.log_to(log_dir, histogram_freq, update_freq, variables)
     return loop.fit(train_ds, val_ds, epochs, histogram_freq, verbose)
@@ -362,6 +338,44 @@ class _TapeLoop:
                     epochs, unit_name="epoch", stateful_metrics=names
                 )
             self.progbar.update(epoch + 1, values=values, finalize=epoch + 1 == epochs)
+
+
+def _check_arguments(args: dict) -> None:
+    # Every argument of train_with_tape, checked before anything is built.
+    check_keras_backend("tbgrad.train_with_tape")
+    check_int("epochs", args["epochs"])
+    check_int("batch_size", args["batch_size"])
+    for name in ("shuffle_buffer", "validation_batch_size"):
+        if args[name] is not None:
+            check_int(name, args[name])
+    check_histogram_freq(args["histogram_freq"])
+    check_update_freq(args["update_freq"])
+    check_variables(args["variables"])
+    x, y = args["x"], args["y"]
+    if len(x) != len(y):
+        raise ValueError(f"x and y differ in length. Received: len(x)={len(x)}, len(y)={len(y)}")
+    strategy = _model_strategy(args["model"])
+    if args["shuffle"] and args["seed"] is None and _multi_worker.is_multi_worker(strategy):
+        raise ValueError(
+            "shuffling on several workers needs a seed, the same on every worker, so "
+            "that they split the same global batches. Received: shuffle=True, seed=None"
+        )
+
+
+def _validation_dataset(validation_data, batch_size: int) -> tf.data.Dataset | None:
+    if validation_data is None:
+        return None
+    xv, yv = _float_arrays(*validation_data)
+    return tf.data.Dataset.from_tensor_slices((xv, yv)).batch(batch_size)
+
+
+def _train_dataset(x, y, batch_size, shuffle, shuffle_buffer, seed) -> tf.data.Dataset:
+    # Reshuffled every epoch over the whole data set unless a buffer is given.
+    dataset = tf.data.Dataset.from_tensor_slices((x, y))
+    if shuffle:
+        buffer = shuffle_buffer or len(x)
+        dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch_size).prefetch(2)
 
 
 def _float_arrays(x, y):
