@@ -9,6 +9,7 @@ flags also accept ranges: ``--act tanh relu --depth 1-10 --seed 1 2 3`` is
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import itertools
 import os
 import sys
@@ -20,8 +21,10 @@ from tbgrad.lab.runs import check_logdir
 
 PROG = "sweep.py"
 
-# train.py flags that are not configuration fields.
-_NOT_GRID = {"help", "logdir", "run_name", "quiet"}
+# train.py flags that are not configuration fields (a sweep's runs are each
+# on one machine: no --strategy).
+_NOT_GRID = {"help", "logdir", "run_name", "quiet", "strategy"}
+BACKENDS = ("pool", "ray")  # tbgrad.lab.sweep.BACKENDS, without importing it
 _INT_TYPES = (cli.positive_int, cli.non_negative_int)
 # Fields the run name (RunConfig.run_name) leaves out: when a sweep varies
 # one, its folder names get this prefix and the value, e.g. "-bs64".
@@ -81,6 +84,21 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         type=cli.positive_int,
         help=f"parallel worker processes (default: the number of cores, {os.cpu_count()})",
     )
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="pool",
+        help="pool: worker processes on this machine; ray: each run a Ray task, on a "
+        'local Ray instance or the cluster of --ray-address (pip install ".[ray]") '
+        "(default pool)",
+    )
+    p.add_argument(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="with --backend ray: the cluster to run on (auto, ray://HOST:10001); the "
+        "sweep folder must be one every node sees (default: a local Ray instance with "
+        "--workers CPUs)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -132,6 +150,7 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
         if duplicates:
             raise ValueError(f"the grid repeats a run: {duplicates[0]!r}; give each value once")
         check_logdir(sweep_dir)
+        _check_backend(args)
     except (ValueError, TypeError) as err:
         return cli.fail(prog, str(err))
 
@@ -140,7 +159,13 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
 
     print(f"sweep folder: {sweep_dir} ({len(configs)} runs)", flush=True)
     outcomes = run_sweep(
-        configs, sweep_dir, workers=args.workers, progress=not args.quiet, run_names=names
+        configs,
+        sweep_dir,
+        workers=args.workers,
+        progress=not args.quiet,
+        run_names=names,
+        backend=args.backend,
+        ray_address=args.ray_address,
     )
     failed = [o for o in outcomes if o.status == FAILED]
     for outcome in outcomes:
@@ -151,6 +176,19 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     print(f"report: python scripts/report.py {os.path.normpath(sweep_dir)}")
     print(f"view: tensorboard --logdir {os.path.normpath(sweep_dir)}")
     return 1 if failed else 0
+
+
+def _check_backend(args: argparse.Namespace) -> None:
+    if args.ray_address is not None and args.backend != "ray":
+        raise ValueError(
+            f"--ray-address needs --backend ray. Received: --backend {args.backend}, "
+            f"--ray-address {args.ray_address}"
+        )
+    if args.backend == "ray" and importlib.util.find_spec("ray") is None:
+        raise ValueError(
+            '--backend ray needs Ray: pip install "tbgrad[ray]" (or ".[ray]" in the '
+            "repository). Received: --backend ray"
+        )
 
 
 if __name__ == "__main__":

@@ -20,6 +20,16 @@
   message and the others go on. If a worker process dies (killed, out of
   memory), the pool breaks and the runs it had not finished are reported as
   failed; rerun the sweep to retry them.
+- **Or on a Ray cluster** (``backend="ray"``, ``pip install ".[ray]"``):
+  each run is a Ray task (one CPU) that calls the same
+  :func:`tbgrad.lab.sweep_worker.train_one`, so folders, resumption and the
+  report are the pool's. Ray core tasks rather than Ray Tune or KerasTuner's
+  distributed mode: a sweep is a fixed list of independent runs with its
+  own folder layout and resumption, which Tune's trial folders and
+  KerasTuner's oracle (a search over one model-building function) would
+  replace, not serve. On a cluster of several machines the sweep folder
+  must be one they all see (a shared file system), and tbgrad installed on
+  each.
 """
 
 from __future__ import annotations
@@ -41,6 +51,8 @@ from tbgrad.lab.experiment import RESULT_FILE
 
 Status = Literal["done", "skipped", "failed"]
 DONE, SKIPPED, FAILED = get_args(Status)
+Backend = Literal["pool", "ray"]
+BACKENDS = get_args(Backend)
 # Marks a run folder moved aside: ``<name>.incomplete-N``.
 INCOMPLETE = ".incomplete-"
 
@@ -64,6 +76,8 @@ def run_sweep(
     progress: bool = True,
     run_names: Sequence[str] | None = None,
     stream: TextIO | None = None,
+    backend: Backend = "pool",
+    ray_address: str | None = None,
 ) -> list[SweepOutcome]:
     """Trains every config into ``sweep_dir/<config.run_name()>`` in parallel.
 
@@ -71,10 +85,16 @@ def run_sweep(
         configs: The runs; their run names must be distinct.
         sweep_dir: The sweep folder; created if missing.
         workers: Worker processes (default: the number of CPU cores, at most
-            the number of runs to do).
+            the number of runs to do); with Ray and no ``ray_address``, the
+            CPUs of the local Ray instance started for the sweep.
         progress: Print an overall progress bar, one line per finished run.
         run_names: Folder names to use instead of ``config.run_name()``.
         stream: Where the progress goes (default ``sys.stderr``).
+        backend: ``"pool"`` (processes on this machine) or ``"ray"`` (Ray
+            tasks; needs the ``ray`` extra).
+        ray_address: The Ray cluster to use (``"auto"``, ``"ray://host:10001"``);
+            default: a Ray instance already started in this process, else a
+            local one for the sweep.
 
     Returns:
         One :class:`SweepOutcome` per config, in the order of ``configs``.
@@ -90,6 +110,10 @@ def run_sweep(
         isinstance(workers, bool) or not isinstance(workers, int) or workers < 1
     ):
         raise ValueError(f"workers must be a positive integer. Received: workers={workers!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}. Received: backend={backend!r}")
+    if backend == "ray":
+        _import_ray()  # before anything is written
     root = Path(sweep_dir)
     root.mkdir(parents=True, exist_ok=True)
     outcomes, todo = _sort_out(configs, names, root)
@@ -98,7 +122,9 @@ def run_sweep(
         for outcome in outcomes:
             if outcome.status == SKIPPED:
                 bar.update(outcome)
-    if todo:
+    if todo and backend == "ray":
+        _train_on_ray(todo, root, workers, ray_address, bar)
+    elif todo:
         _train(todo, root, min(workers or os.cpu_count() or 1, len(todo)), bar)
     if bar:
         bar.finish()
@@ -170,6 +196,55 @@ def _train(
                 outcome.error = f"{type(err).__name__}: {err}"
             if bar:
                 bar.update(outcome)
+
+
+def _train_on_ray(
+    todo: list[tuple[str, SweepOutcome]],
+    root: Path,
+    workers: int | None,
+    address: str | None,
+    bar: _Progress | None,
+) -> None:
+    """Trains each (run name, outcome) of ``todo`` as a Ray task, filling in
+    its outcome; starts (and then stops) a local Ray instance if none runs."""
+    ray = _import_ray()
+    started = not ray.is_initialized()
+    if started:
+        # A local instance gets `workers` CPUs; a cluster has its own.
+        cpus = (workers or os.cpu_count() or 1) if address is None else None
+        ray.init(address=address, num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    try:
+        task = ray.remote(num_cpus=1, max_retries=0)(sweep_worker.train_one_fresh)
+        # Absolute: a Ray worker need not start in this process's folder.
+        folder = os.path.abspath(root)
+        pending = {task.remote(outcome.config, folder, name): outcome for name, outcome in todo}
+        while pending:
+            (ref,), _ = ray.wait(list(pending), num_returns=1)
+            outcome = pending.pop(ref)
+            try:
+                outcome.result = ray.get(ref)
+                outcome.status = DONE
+            except ray.exceptions.RayTaskError as err:
+                cause = err.cause
+                outcome.error = f"{type(cause).__name__}: {cause}"
+            except ray.exceptions.RayError as err:  # the worker died, the node went away
+                outcome.error = f"the Ray worker failed: {type(err).__name__}: {err}"
+            if bar:
+                bar.update(outcome)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise ValueError(
+            'backend="ray" needs Ray: pip install "tbgrad[ray]" (or ".[ray]" in the '
+            "repository). Received: backend='ray'"
+        ) from None
+    return ray
 
 
 def _read_result(run_dir: Path) -> dict | None:

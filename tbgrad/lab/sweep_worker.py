@@ -22,6 +22,13 @@ def init_worker() -> None:
     cli.import_tensorflow_quietly()
 
 
+def train_one_fresh(config, sweep_dir: str, name: str) -> dict:
+    """:func:`init_worker`, then :func:`train_one`: a Ray task, in a worker
+    process that may not have loaded TensorFlow yet."""
+    init_worker()
+    return train_one(config, sweep_dir, name)
+
+
 def train_one(config, sweep_dir: str, name: str) -> dict:
     """Trains ``config`` into ``sweep_dir/name``; returns its result file's contents."""
     from tbgrad.lab import experiment
