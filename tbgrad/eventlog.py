@@ -25,6 +25,7 @@ from tensorboard.compat.proto import types_pb2
 from tensorboard.util import tensor_util
 
 from tbgrad import _paths, tags
+from tbgrad.dashboard import metadata as dashboard_metadata
 
 SPLITS = (tags.TRAIN_DIR, tags.VALIDATION_DIR)
 
@@ -37,6 +38,9 @@ class SplitData:
     histograms: dict[str, list[tuple[int, np.ndarray]]] = field(default_factory=dict)
     plugins: dict[str, str] = field(default_factory=dict)
     event_files: list[str] = field(default_factory=list)
+    # The layers' kernels named by the run's layer-order summary (None: the
+    # run has no such summary, or it names none).
+    kernels: list[str] | None = None
 
     def scalar(self, tag: str) -> np.ndarray:
         """The values of ``tag`` in step order."""
@@ -85,6 +89,8 @@ def load_split(path: str | os.PathLike) -> SplitData:
                     out.scalars.setdefault(tag, []).append((event.step, _float(value.tensor)))
                 elif plugin == "histograms":
                     out.histograms.setdefault(tag, []).append((event.step, _array(value.tensor)))
+                elif plugin == dashboard_metadata.PLUGIN_NAME and value.tensor.string_val:
+                    out.kernels = dashboard_metadata.parse_kernels(value.tensor.string_val[0])
     return out
 
 

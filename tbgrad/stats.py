@@ -539,6 +539,11 @@ class GradientStats:
         return EpochValues(scalars, buckets, ratio, int(stats["steps"]), stats.get("skipped"))
 
     @property
+    def kernel_names(self) -> list[str]:
+        """The names of the tracked layers' kernels, in model order."""
+        return [name for name, layer in zip(self.names, self.layers) if layer.is_kernel]
+
+    @property
     def compared_names(self) -> list[str]:
         """Every layer but the output layer (the last kernel), whose mean |g|
         the others' ``grad_log10_ratio`` is relative to."""

@@ -74,7 +74,7 @@ class SummaryLogger:
             train = self._writers[tags.TRAIN_DIR]
             layout.write_layout(train, self.stats.compared_names)  # Custom Scalars charts
             # The layers' order, for the Gradient-flow dashboard.
-            dashboard_metadata.write_layers(train, self.stats.names)
+            dashboard_metadata.write_layers(train, self.stats.names, self.stats.kernel_names)
         return self._writers[split]
 
     # -- public events ------------------------------------------------------

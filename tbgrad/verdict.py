@@ -135,6 +135,10 @@ def run_verdict(run) -> Verdict:
     train, val = run.train, run.validation
     prefix = tags.GRAD_MEAN_ABS + "/"
     layers = {t[len(prefix) :]: train.scalar(t) for t in train.scalars if t.startswith(prefix)}
+    if train.kernels is not None:
+        # With variables="all", biases and other weights are logged too; the
+        # verdict compares the layers' kernels only.
+        layers = {name: series for name, series in layers.items() if name in train.kernels}
     nonfinite = sum(
         float(np.nansum(train.scalar(t)))
         for t in train.scalars

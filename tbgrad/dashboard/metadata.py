@@ -31,9 +31,16 @@ def create_summary_metadata() -> summary_pb2.SummaryMetadata:
     )
 
 
-def layers_content(names: Sequence[str]) -> bytes:
-    """The tensor value of the layer-order summary for ``names``."""
-    return json.dumps({"layers": list(names)}).encode()
+def layers_content(names: Sequence[str], kernels: Sequence[str] | None = None) -> bytes:
+    """The tensor value of the layer-order summary for ``names``.
+
+    ``kernels`` are the names among them that are layers' kernels (the
+    verdict compares those only); None means all of them.
+    """
+    content = {"layers": list(names)}
+    if kernels is not None:
+        content["kernels"] = list(kernels)
+    return json.dumps(content).encode()
 
 
 def parse_layers(value: bytes) -> list[str]:
@@ -41,14 +48,20 @@ def parse_layers(value: bytes) -> list[str]:
     return list(json.loads(value.decode() if isinstance(value, bytes) else value)["layers"])
 
 
-def write_layers(writer, names: Sequence[str]) -> None:
+def parse_kernels(value: bytes) -> list[str] | None:
+    """The kernels' names of a layer-order summary's value; None if it lists none."""
+    kernels = json.loads(value.decode() if isinstance(value, bytes) else value).get("kernels")
+    return None if kernels is None else list(kernels)
+
+
+def write_layers(writer, names: Sequence[str], kernels: Sequence[str] | None = None) -> None:
     """Writes the layer order ``names`` with the ``tf.summary`` ``writer`` at step 0."""
     import tensorflow as tf
 
     with writer.as_default(), tf.summary.record_if(True):
         tf.summary.write(
             tag=LAYERS_TAG,
-            tensor=tf.constant(layers_content(names)),
+            tensor=tf.constant(layers_content(names, kernels)),
             step=0,
             metadata=create_summary_metadata(),
         )

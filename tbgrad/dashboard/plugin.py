@@ -114,6 +114,8 @@ class RunInfo:
         layer_order: ``"summary"`` or ``"natural"`` (see the module docs).
         statistics: Per-layer scalar families present, in selector order.
         tags: Every scalar tag of the train folder.
+        kernels: The names in ``layers`` that are layers' kernels, which the
+            verdict compares (None: all of them).
     """
 
     run: str
@@ -122,6 +124,7 @@ class RunInfo:
     layer_order: str
     statistics: list[str] = field(default_factory=list)
     tags: frozenset[str] = frozenset()
+    kernels: list[str] | None = None
 
     @property
     def validation_run(self) -> str | None:
@@ -272,7 +275,11 @@ def run_summary(info: RunInfo, train: Mapping[str, Sequence], validation: Mappin
         layer: series_by_step(train.get(tags.layer_tag(tags.GRAD_MEAN_ABS, layer), ()))
         for layer in info.layers
     }
-    gma = {layer: s for layer, s in gma.items() if s}
+    gma = {
+        layer: s
+        for layer, s in gma.items()
+        if s and (info.kernels is None or layer in info.kernels)
+    }
     # Epochs every layer has: a run read while it is written can hold the
     # newest epoch for some layers only, and judge() wants equal lengths.
     common = sorted(set.intersection(*(set(s) for s in gma.values()))) if gma else []
@@ -422,8 +429,9 @@ class GradientFlowPlugin(base_plugin.TBPlugin):
 
     # -- reading ------------------------------------------------------------
 
-    def _layer_orders(self, ctx, eid: str) -> dict[str, list[str]]:
-        """``{run: layers}`` of every run with a readable ``tbgrad/layers`` summary."""
+    def _layer_orders(self, ctx, eid: str) -> dict[str, tuple[list[str], list[str] | None]]:
+        """``{run: (layers, kernels)}`` of every run with a readable ``tbgrad/layers``
+        summary."""
         only_layers = provider.RunTagFilter(tags=[metadata.LAYERS_TAG])
         listing = self._provider.list_tensors(
             ctx, experiment_id=eid, plugin_name=metadata.PLUGIN_NAME, run_tag_filter=only_layers
@@ -445,11 +453,12 @@ class GradientFlowPlugin(base_plugin.TBPlugin):
                 continue
             try:
                 # The newest write wins: a resumed run writes it again.
-                layers = metadata.parse_layers(written[-1].numpy.item())
+                value = written[-1].numpy.item()
+                layers, kernels = metadata.parse_layers(value), metadata.parse_kernels(value)
             except (ValueError, KeyError, TypeError, AttributeError):
                 continue  # malformed: fall back to the tag names' order
             if layers and all(isinstance(name, str) for name in layers):
-                orders[run] = layers
+                orders[run] = (layers, kernels)
         return orders
 
     def _discover(self, ctx, eid: str) -> dict[str, RunInfo]:
@@ -462,8 +471,9 @@ class GradientFlowPlugin(base_plugin.TBPlugin):
         infos = {}
         for run in sorted(set(scalars) | set(orders)):
             run_tags = frozenset(scalars.get(run, {}))
+            kernels = None
             if run in orders:
-                layers, order = orders[run], "summary"
+                (layers, kernels), order = orders[run], "summary"
             else:
                 names = {t[len(prefix) :] for t in run_tags if t.startswith(prefix)}
                 layers, order = sorted(names, key=natural_key), "natural"
@@ -471,7 +481,7 @@ class GradientFlowPlugin(base_plugin.TBPlugin):
                 continue  # not a tbgrad run (e.g. a validation folder)
             name = run_folder(run)
             statistics = per_layer_families(run_tags, layers)
-            infos[run] = RunInfo(run, name, layers, order, statistics, run_tags)
+            infos[run] = RunInfo(run, name, layers, order, statistics, run_tags, kernels)
         return infos
 
     def _read(self, ctx, eid: str, runs: Iterable[str], tag_names: Iterable[str]) -> dict:
