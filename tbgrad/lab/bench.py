@@ -48,7 +48,9 @@ backward, optimizer update on one batch) without and with tbgrad's optimizer
 hook (:data:`STEP_VARIANTS`, and any form of :mod:`tbgrad.lab.stat_forms`),
 in alternating rounds of many steps, and prints the median wall and CPU ms
 per step and the ratio of each to the plain step; ``step(A/A)`` is the plain
-step timed twice.
+step timed twice. ``step+stats`` is what the hook does in ``fit``: the
+gradient statistics and the update-to-weight ratios; ``step+grad-stats`` and
+the forms leave the update ratios out.
 """
 
 from __future__ import annotations
@@ -505,12 +507,16 @@ STEP_VARIANTS = (
     "step",
     "step(A/A)",
     "step+stats",
+    "step+grad-stats",
     "step+stats(every8)",
     "step-xla",
     "step-xla+stats",
 )
 # The plain steps every hooked step is compared with; both are always run.
 STEP_FLOORS = ("step", "step(A/A)")
+# Step variants whose statistics leave out the update-to-weight ratios
+# (GradientStats.diagnostics): the gradient statistics alone, and every form.
+GRADIENTS_ONLY = ("step+grad-stats",)
 # The names of tbgrad.lab.stat_forms.FORMS (listed here: the command line
 # checks its flags before TensorFlow is imported).
 FORMS = ("before", "lowered-cond", "two-conds", "xla-sums", "no-cond")
@@ -576,6 +582,10 @@ def _stats_factory(name: str):
     return GradientStats
 
 
+def _gradients_only(name: str) -> bool:
+    return name in GRADIENTS_ONLY or name[len("step+") :] in FORMS
+
+
 def _train_step(model, optimizer, batch, name: str):
     """The compiled train step of variant ``name`` on ``batch``, traced with
     tbgrad's optimizer hook when the variant has statistics."""
@@ -600,8 +610,11 @@ def _train_step(model, optimizer, batch, name: str):
     if make_stats is None:
         compiled(*batch)
     else:
+        stats = make_stats(kernel_layers(model), jit_compile=xla)
+        if _gradients_only(name):
+            stats.diagnostics = None  # the hook then measures no update ratio
         # The hook is read when the step is traced: trace it installed.
-        with OptimizerHook(optimizer, make_stats(kernel_layers(model), jit_compile=xla)):
+        with OptimizerHook(optimizer, stats):
             compiled(*batch)
     return compiled
 
