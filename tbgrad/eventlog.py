@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from tensorboard.backend.event_processing import event_file_loader
 from tensorboard.compat.proto import types_pb2
+from tensorboard.plugins.hparams import metadata as hparams_metadata
 from tensorboard.util import tensor_util
 
 from tbgrad import _paths, tags
@@ -57,6 +58,8 @@ class RunData:
 
     path: Path | str  # a string for a URL (see tbgrad._paths)
     splits: dict[str, SplitData]
+    # The run folder's HParams ({name: value}; integers as text), {} without.
+    hparams: dict = field(default_factory=dict)
 
     @property
     def train(self) -> SplitData:
@@ -113,7 +116,30 @@ def load_run(run_dir: str | os.PathLike) -> RunData:
     ``run_dir`` is a local path or a URL (``gs://bucket/logs/run-1``).
     """
     run_dir = _paths.as_path(run_dir)
-    return RunData(run_dir, {split: load_split(_paths.join(run_dir, split)) for split in SPLITS})
+    splits = {split: load_split(_paths.join(run_dir, split)) for split in SPLITS}
+    return RunData(run_dir, splits, load_hparams(run_dir))
+
+
+def load_hparams(run_dir: str | os.PathLike) -> dict:
+    """``{name: value}`` of the HParams written into the run folder itself
+    (:func:`tbgrad.hparams.write_hparams`); ``{}`` when it holds none."""
+    gfile = _paths.gfile()
+    if not gfile.isdir(os.fspath(run_dir)):
+        return {}
+    out = {}
+    for name in sorted(n for n in gfile.listdir(os.fspath(run_dir)) if ".tfevents." in n):
+        loader = event_file_loader.EventFileLoader(os.fspath(_paths.join(run_dir, name)))
+        for event in loader.Load():
+            for value in event.summary.value:
+                if value.tag != hparams_metadata.SESSION_START_INFO_TAG:
+                    continue
+                content = value.metadata.plugin_data.content
+                start = hparams_metadata.parse_session_start_info_plugin_data(content)
+                for key, v in start.hparams.items():
+                    kind = v.WhichOneof("kind")
+                    if kind in ("string_value", "number_value", "bool_value"):
+                        out[key] = getattr(v, kind)
+    return out
 
 
 def find_runs(logdir: str | os.PathLike) -> list[Path | str]:

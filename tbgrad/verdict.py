@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -59,18 +59,111 @@ VANISHING_BELOW = 0.1
 # would call B-tanh exploding; 100 is twice the largest value measured.
 EXPLODING_ABOVE = 100.0
 
+# -- the explanation's supporting signals (docs/verdict.md, "Explanations") ------
+
+# Per-layer families the explanation reads besides grad_mean_abs.
+ACTIVATION_SATURATED = "activation_saturated"
+ACTIVATION_ZERO = "activation_zero"
+ACTIVATION_DEAD = "activation_dead"
+GRAD_MEAN_ABS_MAX = "grad_mean_abs_max"
+CLIP_SHARE = "clip/share"
+CLIP_NORM_BEFORE_MAX = "clip/norm_before_max"
+# A tanh or sigmoid layer is called saturated when over 35% of its outputs
+# sit on the flat tails (median over the epochs concerned), where the local
+# slope is below 0.06. Measured (docs/verdict.md, seed 1 / 42): A2's
+# vanishing hidden_4 and hidden_5 at 0.44 and 0.69, its other layers at 0.21
+# and below; the healthy B-tanh's most saturated layer at 0.28 and
+# B-sigmoid's at 0 (its gradient vanishes through sigmoid's slope of at most
+# 0.25, not through saturation). 0.35 is near the geometric midpoint of 0.28
+# and 0.44.
+SATURATED_ABOVE = 0.35
+# A relu layer with over half of its units dead (0 for every sample of the
+# epoch) passes no gradient through most of its width. The studies' relu runs
+# that learn have at most 1 of 5 units dead per layer (A3: 0.2), 2 of 5 in
+# B-relu's hidden_3 (0.4).
+DEAD_ABOVE = 0.5
+# Two decades either side of the 1e-3 rule of thumb
+# (tbgrad.diagnostics.REFERENCE_UPDATE_RATIO). Every layer of the studies'
+# runs has a median between 5.9e-5 (A2's hidden_5) and 1.5e-3 (A3's hidden_2).
+UPDATE_RATIO_BELOW = 1e-5
+UPDATE_RATIO_ABOVE = 1e-1
+# Readable names of the lab's initializers (tbgrad.lab.choices).
+INITIALIZER_NAMES = {
+    "uniform01": "RandomUniform(0, 1)",
+    "normal": "RandomNormal(0, 1)",
+    "standard": "U[-1/sqrt(n), 1/sqrt(n)]",
+    "xavier": "glorot_uniform",
+}
+SATURATING = ("tanh", "sigmoid", "hard_sigmoid", "hard_tanh", "softsign")
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Why a run got its verdict: the rule, where, the supporting signals, a fix.
+
+    Attributes:
+        rule: The rule that fired, e.g. ``"median weakest/output < 0.1"``.
+        layers: The layers concerned, in model order (none for a healthy run).
+        epochs: The first and last epoch concerned, or None.
+        signals: Named figures: the rule's median, and when logged the
+            saturated, zero and dead shares, the update ratio, the largest
+            per-step mean |g| over the epoch mean (``grad_spike``), the share
+            of clipped steps.
+        notes: The supporting signals past their thresholds, as sentences.
+        suggestion: What to try, or "" when nothing needs fixing.
+
+    Example:
+        >>> print(tbgrad.verdict_of("logs/A2-tanh-uniform01-d5-w5-sgd-s1").explanation)
+        why: hidden_3..hidden_5 below 0.1 x the output layer's mean |g| (epochs 0-212); ...
+        try: hidden_3..hidden_5 saturated (97%) with tanh and RandomUniform(0, 1) weights: ...
+    """
+
+    rule: str
+    layers: tuple[str, ...] = ()
+    epochs: tuple[int, int] | None = None
+    signals: dict[str, float] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+    suggestion: str = ""
+
+    def to_dict(self) -> dict:
+        return {
+            "rule": self.rule,
+            "layers": list(self.layers),
+            "epochs": list(self.epochs) if self.epochs else None,
+            "signals": {k: _finite(v) for k, v in self.signals.items()},
+            "notes": list(self.notes),
+            "suggestion": self.suggestion,
+            "text": str(self),
+        }
+
+    def __str__(self) -> str:
+        where = [layer_span(self.layers)] if self.layers else []
+        if self.epochs:
+            where.append(f"epochs {self.epochs[0]}-{self.epochs[1]}")
+        found = self.rule + (f" in {', '.join(where)}" if where else "")
+        # A note the suggestion starts from is said once, there.
+        why = "; ".join([found, *(n for n in self.notes if n not in self.suggestion)])
+        return f"why: {why}" + (f"\ntry: {self.suggestion}" if self.suggestion else "")
+
 
 @dataclass(frozen=True)
 class Verdict:
-    """The verdict of one run and the figures it rests on."""
+    """The verdict of one run and the figures it rests on.
+
+    ``explanation`` is filled by :func:`run_verdict` (which reads the whole
+    run); :func:`judge` alone, from the gradient magnitudes, leaves it None.
+    """
 
     label: str
     weakest_ratio: float | None
     strongest_ratio: float | None
     reason: str
+    explanation: Explanation | None = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = {f: getattr(self, f) for f in ("label", "weakest_ratio", "strongest_ratio", "reason")}
+        out["explanation"] = self.explanation.to_dict() if self.explanation else None
+        return out
 
     def __str__(self) -> str:
         return f"{self.label} ({self.reason})"
@@ -131,7 +224,8 @@ def judge(
 
 
 def run_verdict(run) -> Verdict:
-    """The verdict of a run read back with :func:`tbgrad.eventlog.load_run`."""
+    """The verdict of a run read back with :func:`tbgrad.eventlog.load_run`,
+    with its :class:`Explanation`."""
     train, val = run.train, run.validation
     prefix = tags.GRAD_MEAN_ABS + "/"
     layers = {t[len(prefix) :]: train.scalar(t) for t in train.scalars if t.startswith(prefix)}
@@ -146,7 +240,101 @@ def run_verdict(run) -> Verdict:
     )
     loss = tags.epoch_tag("loss")
     losses = np.concatenate([train.scalar(loss), val.scalar(loss)])
-    return judge(layers, losses, nonfinite)
+    found = judge(layers, losses, nonfinite)
+    epochs = train.steps(prefix + next(iter(layers))) if layers else []
+    scalars = {tag: dict(series) for tag, series in train.scalars.items()}
+    config = getattr(run, "hparams", None) or {}
+    return replace(found, explanation=explain_figures(found, layers, epochs, scalars, config))
+
+
+def explain_figures(
+    found: Verdict,
+    grad_mean_abs: Mapping[str, Sequence[float]],
+    epochs: Sequence[int],
+    scalars: Mapping[str, Mapping[int, float]],
+    config: Mapping[str, object] | None = None,
+) -> Explanation:
+    """The :class:`Explanation` of ``found``, the verdict of these figures.
+
+    Args:
+        found: ``judge(grad_mean_abs, ...)``.
+        grad_mean_abs: ``{kernel: mean |g| per epoch}`` in model order,
+            output layer last, as given to :func:`judge`.
+        epochs: The epoch (step) of each value of ``grad_mean_abs``.
+        scalars: ``{tag: {epoch: value}}`` of the run's train folder: the
+            ``activation_*``, ``update_ratio``, ``grad_mean_abs_max``,
+            ``grad_nonfinite`` and ``clip/*`` tags that were logged.
+        config: The run's HParams (``act``, ``init``, ...), when known; the
+            suggestion names them.
+    """
+    names = list(grad_mean_abs)
+    epochs = [int(e) for e in epochs]
+    if found.label == UNKNOWN or len(names) < 2 or not epochs:
+        return Explanation(found.reason, suggestion=_UNKNOWN_SUGGESTION)
+    rule, layers, window = _concerned(found, grad_mean_abs, epochs, scalars)
+    hidden = names[:-1]
+    signals, flags = _signals(hidden, list(layers) or hidden, window or epochs, scalars)
+    signals.update(
+        {
+            "weakest_ratio": found.weakest_ratio,
+            "strongest_ratio": found.strongest_ratio,
+            "epochs_concerned": float(len(window)),
+            "epochs": float(len(epochs)),
+        }
+    )
+    notes = tuple(note for _, note in flags.values())
+    suggestion = _suggest(found.label, layers, flags, signals, dict(config or {}))
+    span = (window[0], window[-1]) if window else None
+    return Explanation(rule, tuple(layers), span, signals, notes, suggestion)
+
+
+def _concerned(found: Verdict, grad_mean_abs, epochs: list[int], scalars):
+    """``(rule, layers, epochs)``: the rule that fired, the layers it concerns
+    and the epochs where they break it."""
+    g = np.stack([np.asarray(v, np.float64) for v in grad_mean_abs.values()], axis=1)
+    hidden = list(grad_mean_abs)[:-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.nan_to_num(g[:, :-1] / g[:, -1:], nan=0.0)  # epochs x hidden layers
+    if found.label == VANISHING:
+        rule = f"weakest/output < {VANISHING_BELOW:g} (median {found.weakest_ratio:.3g})"
+        return (rule,) + _past(q < VANISHING_BELOW, hidden, epochs, np.median(q, axis=0))
+    if found.label == EXPLODING:
+        rule = f"strongest/output > {EXPLODING_ABOVE:g} (median {found.strongest_ratio:.3g})"
+        return (rule,) + _past(q > EXPLODING_ABOVE, hidden, epochs, -np.median(q, axis=0))
+    if found.label == NON_FINITE:
+        return (found.reason,) + _nonfinite(list(grad_mean_abs), epochs, scalars)
+    rule = (
+        f"weakest/output >= {VANISHING_BELOW:g} and strongest/output <= {EXPLODING_ABOVE:g} "
+        f"(medians {found.weakest_ratio:.3g}, {found.strongest_ratio:.3g})"
+    )
+    return rule, (), []
+
+
+def _past(beyond: np.ndarray, hidden: list[str], epochs: list[int], order: np.ndarray):
+    """``(layers, epochs)``: the epochs where some hidden layer is ``beyond``
+    the threshold, and the layers beyond it in at least half of those (else
+    the one with the most extreme median, ``order``'s smallest)."""
+    rows = np.flatnonzero(beyond.any(axis=1))
+    if not rows.size:
+        return (hidden[int(np.argmin(order))],), []
+    share = beyond[rows].mean(axis=0)
+    layers = [name for name, s in zip(hidden, share) if s >= 0.5]
+    layers = layers or [hidden[int(np.argmax(share))]]
+    return tuple(layers), [epochs[i] for i in rows]
+
+
+def _nonfinite(names: list[str], epochs: list[int], scalars):
+    """``(layers, epochs)`` with NaN or Inf gradient entries (or loss)."""
+    layers, bad = [], set()
+    for name in names:
+        counts = scalars.get(tags.layer_tag(tags.GRAD_NONFINITE, name), {})
+        hit = {e for e, c in counts.items() if not (c == 0)}
+        if hit:
+            layers.append(name)
+            bad |= hit
+    loss = scalars.get(tags.epoch_tag("loss"), {})
+    bad |= {e for e, v in loss.items() if not math.isfinite(v)}
+    return tuple(layers), sorted(bad)
 
 
 def verdict_of(run_dir: str | os.PathLike) -> Verdict:
@@ -154,3 +342,168 @@ def verdict_of(run_dir: str | os.PathLike) -> Verdict:
     from tbgrad.eventlog import load_run
 
     return run_verdict(load_run(run_dir))
+
+
+# -- the explanation's signals and suggestion ---------------------------------------
+
+_UNKNOWN_SUGGESTION = "log at least two kernel layers for one finished epoch"
+_GLOROT = ("glorot_uniform", "glorot_normal", "xavier")
+_HE = ("he_uniform", "he_normal")
+
+
+def layer_span(layers: Sequence[str]) -> str:
+    """``hidden_3..hidden_5`` for three or more layers, else the names joined by commas."""
+    layers = list(layers)
+    if len(layers) >= 3:
+        return f"{layers[0]}..{layers[-1]}"
+    return ", ".join(layers)
+
+
+def _finite(value) -> float | None:
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+def _medians(family: str, layers: Sequence[str], window: Sequence[int], scalars) -> dict:
+    """``{layer: median of family over the epochs of window}`` of the layers that log it."""
+    out = {}
+    for layer in layers:
+        series = scalars.get(tags.layer_tag(family, layer)) or {}
+        values = [series[e] for e in window if e in series and math.isfinite(series[e])]
+        if values:
+            out[layer] = float(np.median(values))
+    return out
+
+
+def _focused(medians: dict, focus: Sequence[str]) -> list[float]:
+    """The medians of the focus layers, or of every layer when none of them has one."""
+    return [medians[n] for n in focus if n in medians] or list(medians.values())
+
+
+def _signals(hidden: list[str], focus: list[str], window: list[int], scalars):
+    """``(signals, flags)``: the supporting figures over ``window``, and
+    ``{name: (layers, note)}`` of those past their thresholds."""
+    signals: dict[str, float] = {}
+    flags: dict[str, tuple[list[str], str]] = {}
+    saturated = _medians(ACTIVATION_SATURATED, hidden, window, scalars)
+    if saturated:
+        signals["saturated"] = float(np.mean(_focused(saturated, focus)))
+        over = [n for n, v in saturated.items() if v > SATURATED_ABOVE]
+        if over:
+            share = np.mean([saturated[n] for n in over])
+            flags["saturated"] = (over, f"{layer_span(over)} saturated ({share:.0%})")
+    zero = _medians(ACTIVATION_ZERO, hidden, window, scalars)
+    if zero:
+        signals["zero"] = float(np.mean(_focused(zero, focus)))
+    dead = _medians(ACTIVATION_DEAD, hidden, window, scalars)
+    if dead:
+        signals["dead"] = max(dead.values())
+        over = [n for n, v in dead.items() if v > DEAD_ABOVE]
+        if over:
+            share = max(dead[n] for n in over)
+            flags["dead"] = (over, f"{layer_span(over)}: up to {share:.0%} of units dead")
+    _update_signals(_medians(tags.UPDATE_RATIO, hidden, window, scalars), focus, signals, flags)
+    _spike_and_clip(hidden if not focus else focus, window, scalars, signals)
+    return signals, flags
+
+
+def _update_signals(ratios: dict, focus: list[str], signals: dict, flags: dict) -> None:
+    """The update ratio (median of the focus layers') and its flags."""
+    if not ratios:
+        return
+    signals["update_ratio"] = float(np.median(_focused(ratios, focus)))
+    low = [n for n, v in ratios.items() if v < UPDATE_RATIO_BELOW]
+    high = [n for n, v in ratios.items() if v > UPDATE_RATIO_ABOVE]
+    if low:
+        worst = min(ratios[n] for n in low)
+        flags["update_low"] = (
+            low,
+            f"{layer_span(low)} update ratio down to {worst:.1e} (~1e-3 usual)",
+        )
+    if high:
+        worst = max(ratios[n] for n in high)
+        flags["update_high"] = (
+            high,
+            f"{layer_span(high)} update ratio up to {worst:.1e} (~1e-3 usual)",
+        )
+
+
+def _spike_and_clip(layers: list[str], window: list[int], scalars, signals: dict) -> None:
+    """The largest per-step mean |g| over its epoch mean, and the clipped share."""
+    spikes = []
+    for layer in layers:
+        top = scalars.get(tags.layer_tag(GRAD_MEAN_ABS_MAX, layer)) or {}
+        mean = scalars.get(tags.layer_tag(tags.GRAD_MEAN_ABS, layer)) or {}
+        spikes += [top[e] / mean[e] for e in window if e in top and mean.get(e, 0) > 0]
+    if spikes:
+        signals["grad_spike"] = float(np.nanmax(spikes))
+    share = scalars.get(CLIP_SHARE) or {}
+    clipped = [share[e] for e in window if e in share]
+    if clipped:
+        signals["clipped"] = float(np.mean(clipped))
+    norms = scalars.get(CLIP_NORM_BEFORE_MAX) or {}
+    if any(e in norms for e in window):
+        signals["clip_norm_before_max"] = float(max(norms[e] for e in window if e in norms))
+
+
+def _init_name(init: str) -> str:
+    return INITIALIZER_NAMES.get(init, init)
+
+
+def _suggest(label: str, layers, flags: dict, signals: dict, config: dict) -> str:
+    """What to try, from the flags and, when known, the activation and initializer."""
+    act, init = str(config.get("act") or ""), str(config.get("init") or "")
+    if label == NON_FINITE:
+        return (
+            "lower the learning rate or clip the gradients (clipnorm=1.0), and check "
+            "the inputs and the loss for NaN or Inf"
+        )
+    if label == EXPLODING:
+        fix = "lower the learning rate or clip the gradients (clipnorm=1.0)"
+        if init and init not in _GLOROT + _HE:
+            fix += f"; {_init_name(init)} weights: try glorot_uniform, or he_uniform with relu"
+        return fix
+    if label == VANISHING and "saturated" in flags:
+        return _saturation_fix(*flags["saturated"], signals, act, init)
+    if "dead" in flags:
+        fix = "try a lower learning rate or leaky_relu"
+        if init not in _HE:
+            fix = "try he_uniform, a lower learning rate, or leaky_relu"
+        return f"{flags['dead'][1]}: {fix}"
+    if "update_low" in flags:
+        return f"{flags['update_low'][1]}: raise the learning rate"
+    if "update_high" in flags:
+        return f"{flags['update_high'][1]}: lower the learning rate"
+    if label == VANISHING:
+        return _vanishing_fix(layers, act, init)
+    return ""
+
+
+def _vanishing_fix(layers, act: str, init: str) -> str:
+    """What to try when the gradient vanishes without a supporting signal."""
+    weak = f"{layer_span(layers)} get too little gradient"
+    if act == "sigmoid":
+        # sigmoid'(z) <= 0.25: every sigmoid layer divides the gradient by
+        # four or more, saturated or not (study B's sigmoid model).
+        return (
+            f"{weak}: sigmoid's slope is at most 0.25, a factor paid at every layer: "
+            "try relu with he_uniform, or tanh with glorot_uniform"
+        )
+    if act and init:
+        better = "he_uniform" if act == "relu" else "glorot_uniform"
+        if init not in (_HE if act == "relu" else _GLOROT):
+            return f"{weak} with {act} and {_init_name(init)} weights: try {better}"
+        return f"{weak} with {act} and {init}: try fewer layers, or batch normalization"
+    return (
+        f"{weak}: try glorot_uniform (tanh, sigmoid) or he_uniform (relu), fewer "
+        "layers, or batch normalization"
+    )
+
+
+def _saturation_fix(layers: list[str], note: str, signals: dict, act: str, init: str) -> str:
+    """``hidden_3..hidden_5 saturated (97%) with tanh and RandomUniform(0, 1) weights: try ...``."""
+    if not act:
+        return f"saturating activations ({note}): try glorot_uniform or he init, or relu"
+    with_what = f" with {act}" + (f" and {_init_name(init)} weights" if init else "")
+    if init in _GLOROT:
+        return f"{note}{with_what}: try relu with he_uniform, or fewer layers"
+    return f"{note}{with_what}: try glorot_uniform, or relu with he_uniform"
