@@ -39,16 +39,20 @@ _PUBLIC = {
     "load_run": "tbgrad.eventlog",
     "find_runs": "tbgrad.eventlog",
     "verdict_of": "tbgrad.verdict",
+    "explain": "tbgrad.verdict",
+    "Explanation": "tbgrad.verdict",
 }
 _SUBPACKAGES = ("lab", "cli", "dashboard")
 
 __all__ = [
+    "Explanation",
     "GradientLogger",
     "GradientStats",
     "GradientTensorBoard",
     "OptimizerHook",
     "SummaryLogger",
     "TensorBoard",
+    "explain",
     "find_runs",
     "kernel_layers",
     "load_run",
@@ -69,7 +73,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from tbgrad.summary import SummaryLogger
     from tbgrad.tape import train_with_tape
     from tbgrad.tensorboard import TensorBoard
-    from tbgrad.verdict import verdict_of
+    from tbgrad.verdict import Explanation, explain, verdict_of
 
 
 def __getattr__(name: str):

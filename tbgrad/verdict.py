@@ -114,8 +114,9 @@ class Explanation:
 
     Example:
         >>> print(tbgrad.verdict_of("logs/A2-tanh-uniform01-d5-w5-sgd-s1").explanation)
-        why: hidden_3..hidden_5 below 0.1 x the output layer's mean |g| (epochs 0-212); ...
-        try: hidden_3..hidden_5 saturated (97%) with tanh and RandomUniform(0, 1) weights: ...
+        why: weakest/output < 0.1 (median 0.0288) in hidden_4, hidden_5, epochs 0-499
+        try: hidden_4, hidden_5 saturated (56%) with tanh and RandomUniform(0, 1) weights: try
+        glorot_uniform, or relu with he_uniform
     """
 
     rule: str
@@ -342,6 +343,21 @@ def verdict_of(run_dir: str | os.PathLike) -> Verdict:
     from tbgrad.eventlog import load_run
 
     return run_verdict(load_run(run_dir))
+
+
+def explain(run) -> Explanation:
+    """Why the run got its verdict, and what to try.
+
+    Args:
+        run: A run folder (path or URL), or a run read back with
+            :func:`tbgrad.eventlog.load_run`.
+
+    Example:
+        >>> print(tbgrad.explain("logs/A2-tanh-uniform01-d5-w5-sgd-s1"))
+    """
+    if isinstance(run, (str, os.PathLike)):
+        return verdict_of(run).explanation
+    return run_verdict(run).explanation
 
 
 # -- the explanation's signals and suggestion ---------------------------------------

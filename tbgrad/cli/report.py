@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     if not summaries:
         return cli.fail(prog, f"only unfinished ({INCOMPLETE}N) runs under {args.logdir!r}")
     print(report.format_table(summaries))
+    print()
+    print(report.format_explanations(summaries))
     if args.png is not None:
         written = [
             report.write_run_figure(s, _paths.join(png, report.figure_name(s))) for s in summaries

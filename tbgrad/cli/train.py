@@ -212,7 +212,12 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     if not result.writes:
         print("this worker is not the chief: the chief writes the run")
         return 0
-    print(f"verdict: {result.extra['verdict']['label']} ({result.extra['verdict']['reason']})")
+    found = result.extra["verdict"]
+    print(f"verdict: {found['label']} ({found['reason']})")
+    if found.get("explanation"):
+        # "why: ..." and, when there is something to try, "try: ...".
+        for line in found["explanation"]["text"].splitlines():
+            print(f"  {line}")
     print(f"view: tensorboard --logdir {_shown(args.logdir)}")
     return 0
 

@@ -12,7 +12,7 @@ Routes (all GET, all JSON except ``/index.js``):
 
 ``/runs``
     ``[{"run", "name", "layers", "layer_order", "epochs", "statistics",
-    "verdict": {"label", "reason", "weakest_ratio", "strongest_ratio"},
+    "verdict": {"label", "reason", "weakest_ratio", "strongest_ratio", "explanation"},
     "weakest_layer", "weakest_layer_ratio", "config"}, ...]`` sorted by name;
     ``[]`` when the log folder holds no tbgrad run. ``run`` is TensorBoard's
     run (``<run>/train``), ``name`` the run folder, ``layers`` the model order
@@ -21,7 +21,9 @@ Routes (all GET, all JSON except ``/index.js``):
     from the tag names (natural sort, ``output`` last). ``config`` is the
     run folder's HParams as ``[[name, value], ...]`` in the order written
     (``[]`` without HParams): every field, where the HParams dashboard ticks
-    only five.
+    only five. ``explanation`` is :meth:`tbgrad.verdict.Explanation.to_dict`:
+    the rule, the layers and epochs concerned, the supporting signals and
+    what to try, with the run's HParams (``act``, ``init``) when it has them.
 ``/heatmap?run=R&stat=S[&relative=1]``
     ``{"run", "name", "stat", "relative", "scale", "layers", "epochs",
     "values"}``: ``values[i][j]`` is the raw value (not its log) of
@@ -88,6 +90,16 @@ LOG_STATISTICS = (
 # that are mostly 0 (grad_nonfinite) have no log; a ratio to the output layer
 # means nothing for them either.
 LINEAR_STATISTICS = (tags.WEIGHT_MEAN, tags.GRAD_NONFINITE, tags.GRAD_LOG10_RATIO)
+# Per-layer families and run-level tags the verdict's explanation reads
+# (tbgrad.verdict.explain_figures), besides grad_mean_abs and grad_nonfinite.
+EXPLANATION_FAMILIES = (
+    verdict.ACTIVATION_SATURATED,
+    verdict.ACTIVATION_ZERO,
+    verdict.ACTIVATION_DEAD,
+    verdict.GRAD_MEAN_ABS_MAX,
+    tags.UPDATE_RATIO,
+)
+RUN_EXPLANATION_TAGS = (verdict.CLIP_SHARE, verdict.CLIP_NORM_BEFORE_MAX)
 OUTPUT_LAYER = "output"
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("", "0", "false", "no", "off")
@@ -262,14 +274,21 @@ def weakest_layer(series: Mapping[str, Sequence[float]]) -> tuple[str | None, fl
     return names[i], finite_or_none(medians[i])
 
 
-def run_summary(info: RunInfo, train: Mapping[str, Sequence], validation: Mapping) -> dict:
+def run_summary(
+    info: RunInfo,
+    train: Mapping[str, Sequence],
+    validation: Mapping,
+    config: Mapping[str, object] | None = None,
+) -> dict:
     """The ``/runs`` entry of one run: its layers, statistics and verdict.
 
     Args:
         info: The run.
         train: ``{tag: [ScalarDatum, ...]}`` of its train folder, with at
-            least the ``grad_mean_abs``, ``grad_nonfinite`` and loss tags.
+            least the ``grad_mean_abs``, ``grad_nonfinite`` and loss tags,
+            and the tags of :data:`EXPLANATION_FAMILIES` that were logged.
         validation: The same for its validation folder (may be empty).
+        config: The run's HParams ``{name: value}``, for the suggestion.
     """
     gma = {
         layer: series_by_step(train.get(tags.layer_tag(tags.GRAD_MEAN_ABS, layer), ()))
@@ -299,6 +318,8 @@ def run_summary(info: RunInfo, train: Mapping[str, Sequence], validation: Mappin
         found = verdict.judge(series, losses, nonfinite)
     except ValueError as e:
         found = verdict.Verdict(verdict.UNKNOWN, None, None, str(e))
+    scalars = {tag: series_by_step(data) for tag, data in train.items()}
+    explanation = verdict.explain_figures(found, series, common, scalars, config)
     layer, ratio = weakest_layer(series)
     return {
         "run": info.run,
@@ -312,6 +333,7 @@ def run_summary(info: RunInfo, train: Mapping[str, Sequence], validation: Mappin
             "reason": found.reason,
             "weakest_ratio": finite_or_none(found.weakest_ratio),
             "strongest_ratio": finite_or_none(found.strongest_ratio),
+            "explanation": explanation.to_dict(),
         },
         "weakest_layer": layer,
         "weakest_layer_ratio": ratio,
@@ -503,19 +525,20 @@ class GradientFlowPlugin(base_plugin.TBPlugin):
         """``/runs``: every tbgrad run with its layers, statistics and verdict."""
         del args  # /runs takes no parameter
         infos = self._discover(ctx, eid)
-        wanted = {tags.epoch_tag("loss")}
+        wanted = {tags.epoch_tag("loss"), *RUN_EXPLANATION_TAGS}
         for info in infos.values():
-            for family in (tags.GRAD_MEAN_ABS, tags.GRAD_NONFINITE):
+            for family in (tags.GRAD_MEAN_ABS, tags.GRAD_NONFINITE, *EXPLANATION_FAMILIES):
                 wanted.update(tags.layer_tag(family, layer) for layer in info.layers)
         runs = [info.run for info in infos.values()]
         runs += [info.validation_run for info in infos.values() if info.validation_run]
         data = self._read(ctx, eid, runs, wanted)
         configs = self._configs(ctx, eid, [info.name for info in infos.values()])
-        out = [
-            run_summary(info, data.get(info.run, {}), data.get(info.validation_run, {}))
-            | {"config": configs.get(info.name, [])}
-            for info in infos.values()
-        ]
+        out = []
+        for info in infos.values():
+            config = configs.get(info.name, [])
+            train, validation = data.get(info.run, {}), data.get(info.validation_run, {})
+            summary = run_summary(info, train, validation, dict(config))
+            out.append(summary | {"config": config})
         return sorted(out, key=lambda entry: natural_key(entry["name"]))
 
     def _configs(self, ctx, eid: str, folders: Sequence[str]) -> dict[str, list[list]]:

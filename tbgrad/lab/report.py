@@ -121,6 +121,22 @@ def format_table(summaries: list[RunSummary]) -> str:
     return "\n".join(lines)
 
 
+def format_explanations(summaries: list[RunSummary]) -> str:
+    """Each run's verdict explained, indented below its name, e.g.::
+
+    why and what to try:
+      A2-tanh-uniform01-d5-w5-sgd-s1 (vanishing)
+        why: weakest/output < 0.1 (median 0.0288) in hidden_4, hidden_5, epochs 0-499
+        try: hidden_4, hidden_5 saturated (56%) with tanh and RandomUniform(0, 1) ...
+    """
+    lines = ["why and what to try:"]
+    for s in summaries:
+        lines.append(f"  {s.name} ({s.verdict.label})")
+        if s.verdict.explanation is not None:
+            lines += [f"    {line}" for line in str(s.verdict.explanation).splitlines()]
+    return "\n".join(lines)
+
+
 def figure_name(summary: RunSummary) -> str:
     """The PNG file name of a run's figure (sub-folders joined by ``__``)."""
     return summary.name.replace("/", "__") + ".png"

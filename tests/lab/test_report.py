@@ -203,8 +203,25 @@ def test_summaries_skip_unfinished_runs(logdir):
 def test_one_run_folder_is_a_report_of_one_run(logdir, capsys):
     assert main([str(logdir / "tanh-uniform01-d2-w5-sgd-s1")]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 3
+    found = verdict_of(logdir / "tanh-uniform01-d2-w5-sgd-s1")
+    explained = str(found.explanation).splitlines()
+    assert len(lines) == 6 + len(explained)
     assert lines[2].startswith("tanh-uniform01-d2-w5-sgd-s1 ")
+    name = f"  tanh-uniform01-d2-w5-sgd-s1 ({found.label})"
+    assert lines[3:6] == ["", "why and what to try:", name]
+    assert lines[6:] == [f"    {line}" for line in explained]
+
+
+def test_explanations_follow_the_table(logdir, report):
+    out, _, _ = report
+    start = out.index("why and what to try:")
+    assert out[start - 1] == ""
+    for name in ("tanh-uniform01-d1-w5-sgd-s1", "tanh-uniform01-d2-w5-sgd-s1"):
+        found = verdict_of(logdir / name)
+        at = out.index(f"  {name} ({found.label})")
+        explained = str(found.explanation).splitlines()
+        assert explained[0].startswith("why: ")
+        assert out[at + 1 : at + 1 + len(explained)] == [f"    {line}" for line in explained]
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "not-tensorboard", "png-is-a-file"])

@@ -12,6 +12,7 @@ asked over HTTP and their values compared with the event files read by
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import socket
@@ -233,6 +234,10 @@ def test_runs_lists_layers_in_model_order_and_the_verdicts(server, logdir):
         assert run["verdict"]["label"] == expected.label
         assert run["verdict"]["reason"] == expected.reason
         assert run["verdict"]["weakest_ratio"] == pytest.approx(expected.weakest_ratio)
+        # Its explanation too, with the run's HParams (the vanishing run's).
+        assert run["verdict"]["explanation"] == json.loads(
+            json.dumps(expected.explanation.to_dict())
+        )
         # The weakest layer: smallest median ratio to the output layer.
         train = load_run(logdir / name).train
         g = np.stack([train.scalar(tags.layer_tag(tags.GRAD_MEAN_ABS, n)) for n in LAYERS], 1)
@@ -335,7 +340,7 @@ def png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", head[16:24])
 
 
-def test_page_shows_every_layer_and_both_runs(server, tmp_path):
+def test_page_shows_every_layer_and_both_runs(server, logdir, tmp_path):
     # TensorBoard shows a dynamic plugin in an iframe of this URL, so the
     # plugin's DOM is in this page's dump, not in the main page's.
     dom = chromium(server + FRAME, tmp_path / "profile", "--dump-dom")
@@ -347,6 +352,12 @@ def test_page_shows_every_layer_and_both_runs(server, tmp_path):
     assert 'class="colourbar"' in dom and "10⁻" in dom  # decades on the colour bar
     assert "near 1e-3 is healthy" in dom  # update_ratio's reference
     assert "vanishing</span>" in dom and "healthy</span>" in dom  # the verdict badges
+    # Each verdict explained below its badge: why, and for the vanishing run what to try.
+    assert dom.count('class="explanation"') == len(RUNS) + 1  # and the legacy run's
+    why = str(verdict.verdict_of(logdir / "vanishing").explanation)
+    for line in why.splitlines():
+        head, rest = line.split(": ", 1)
+        assert f"<b>{head}:</b> {html.escape(rest, quote=False)}</div>" in dom
     # The vanishing run's configuration, every field of its HParams.
     assert '<div class="config">act <b>tanh</b> · init <b>uniform01</b> · depth <b>5</b>' in dom
     assert dom.count('class="config"') == 1

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import tbgrad
 from tbgrad import tags, verdict
 from tbgrad.eventlog import load_run
 from tbgrad.hparams import write_hparams
@@ -298,3 +299,11 @@ def test_train_prints_the_explanation_and_stores_it(tmp_path, capsys):
     assert lines[at + 1].startswith("  why: weakest/output < 0.1")
     assert lines[at + 2].startswith("  try: ")
     assert lines[at + 1 + len(explained)].startswith("view: tensorboard --logdir")
+
+
+def test_explain_takes_a_folder_or_a_run_read_back(tmp_path):
+    write_run(tmp_path, vanishing_in_the_last_two(np.random.default_rng(5)), {"act": "tanh"})
+    expected = verdict_of(tmp_path).explanation
+    assert tbgrad.explain(tmp_path) == expected
+    assert tbgrad.explain(load_run(tmp_path)) == expected
+    assert isinstance(expected, tbgrad.Explanation)

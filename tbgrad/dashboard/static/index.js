@@ -46,6 +46,9 @@ const STYLE = `
   .verdict { margin: 0 0 2px; }
   .reason { color: #666; font-size: 12px; margin: 0 0 6px; }
   .config { color: #666; font-size: 12px; margin: -4px 0 6px; }
+  .explanation { font-size: 12px; margin: -2px 0 8px; color: #444; }
+  .explanation b { font-weight: 500; color: #212121; }
+  .explanation .try { color: #2d4a7a; }
   .config b { color: #212121; font-weight: 500; }
   .badge { display: inline-block; padding: 0 7px; border-radius: 9px; font-weight: 500;
     margin-right: 6px; }
@@ -225,9 +228,19 @@ function panel(run, map, scale, width) {
     el('div', {class: 'verdict'}, [el('span', {class: `badge ${verdict.label}`}, verdict.label), ...weakest]),
     el('div', {class: 'reason'}, verdict.reason + (run.layer_order === 'natural'
       ? ' · layer order guessed from the names (no tbgrad/layers summary)' : '')),
+    ...(verdict.explanation ? [explanation(verdict.explanation)] : []),
     ...(run.config && run.config.length ? [configLine(run.config)] : []),
     body,
   ]);
+}
+
+// The verdict explained (verdict.py's Explanation): "why: <the rule, the
+// layers and epochs, the signals>" and, when there is one, "try: <a fix>".
+function explanation(found) {
+  return el('div', {class: 'explanation'}, found.text.split('\n').map((line) => {
+    const [head, ...rest] = line.split(': ');
+    return el('div', {class: head === 'try' ? 'try' : 'why'}, [el('b', {}, `${head}:`), ` ${rest.join(': ')}`]);
+  }));
 }
 
 // The run's HParams, every field in the order written: "act tanh · depth 5 · ...".
