@@ -70,21 +70,21 @@ CLIP_SHARE = "clip/share"
 CLIP_NORM_BEFORE_MAX = "clip/norm_before_max"
 # A tanh or sigmoid layer is called saturated when over 35% of its outputs
 # sit on the flat tails (median over the epochs concerned), where the local
-# slope is below 0.06. Measured (docs/verdict.md, seed 1 / 42): A2's
-# vanishing hidden_4 and hidden_5 at 0.44 and 0.69, its other layers at 0.21
-# and below; the healthy B-tanh's most saturated layer at 0.28 and
-# B-sigmoid's at 0 (its gradient vanishes through sigmoid's slope of at most
-# 0.25, not through saturation). 0.35 is near the geometric midpoint of 0.28
-# and 0.44.
+# slope is below 0.06. Measured (docs/verdict.md): the layers of A2 that
+# vanish at 0.44 to 0.80 (seeds 1, 2); the healthy B-tanh's most saturated
+# layer at 0.28 to 0.29 (seeds 42 to 44), A2 seed 3 (healthy) at 0.32;
+# B-sigmoid at 0 (its gradient vanishes through sigmoid's slope of at most
+# 0.25, not through saturation). 0.35 lies between.
 SATURATED_ABOVE = 0.35
 # A relu layer with over half of its units dead (0 for every sample of the
 # epoch) passes no gradient through most of its width. The studies' relu runs
-# that learn have at most 1 of 5 units dead per layer (A3: 0.2), 2 of 5 in
-# B-relu's hidden_3 (0.4).
+# have at most 2 of 5 units dead in a layer (A3: 0.2, B-relu: 0.4); with too
+# large a step (A3 at lr 3, B-relu at lr 0.3) whole layers die (1.0).
 DEAD_ABOVE = 0.5
 # Two decades either side of the 1e-3 rule of thumb
 # (tbgrad.diagnostics.REFERENCE_UPDATE_RATIO). Every layer of the studies'
-# runs has a median between 5.9e-5 (A2's hidden_5) and 1.5e-3 (A3's hidden_2).
+# runs has a median between 3.1e-5 (A2 seed 2's hidden_3) and 1.5e-3 (A3's
+# hidden_2); A3 at lr 1e-6 has 8.5e-8 to 4.3e-7, a run whose units all died 0.
 UPDATE_RATIO_BELOW = 1e-5
 UPDATE_RATIO_ABOVE = 1e-1
 # Readable names of the lab's initializers (tbgrad.lab.choices).
@@ -284,7 +284,7 @@ def explain_figures(
         }
     )
     notes = tuple(note for _, note in flags.values())
-    suggestion = _suggest(found.label, layers, flags, signals, dict(config or {}))
+    suggestion = _suggest(found.label, layers, flags, dict(config or {}))
     span = (window[0], window[-1]) if window else None
     return Explanation(rule, tuple(layers), span, signals, notes, suggestion)
 
@@ -418,7 +418,7 @@ def _signals(hidden: list[str], focus: list[str], window: list[int], scalars):
             share = max(dead[n] for n in over)
             flags["dead"] = (over, f"{layer_span(over)}: up to {share:.0%} of units dead")
     _update_signals(_medians(tags.UPDATE_RATIO, hidden, window, scalars), focus, signals, flags)
-    _spike_and_clip(hidden if not focus else focus, window, scalars, signals)
+    _spike_and_clip(focus, window, scalars, signals)
     return signals, flags
 
 
@@ -465,7 +465,7 @@ def _init_name(init: str) -> str:
     return INITIALIZER_NAMES.get(init, init)
 
 
-def _suggest(label: str, layers, flags: dict, signals: dict, config: dict) -> str:
+def _suggest(label: str, layers, flags: dict, config: dict) -> str:
     """What to try, from the flags and, when known, the activation and initializer."""
     act, init = str(config.get("act") or ""), str(config.get("init") or "")
     if label == NON_FINITE:
@@ -479,7 +479,7 @@ def _suggest(label: str, layers, flags: dict, signals: dict, config: dict) -> st
             fix += f"; {_init_name(init)} weights: try glorot_uniform, or he_uniform with relu"
         return fix
     if label == VANISHING and "saturated" in flags:
-        return _saturation_fix(*flags["saturated"], signals, act, init)
+        return _saturation_fix(flags["saturated"][1], act, init)
     if "dead" in flags:
         fix = "try a lower learning rate or leaky_relu"
         if init not in _HE:
@@ -515,7 +515,7 @@ def _vanishing_fix(layers, act: str, init: str) -> str:
     )
 
 
-def _saturation_fix(layers: list[str], note: str, signals: dict, act: str, init: str) -> str:
+def _saturation_fix(note: str, act: str, init: str) -> str:
     """``hidden_3..hidden_5 saturated (97%) with tanh and RandomUniform(0, 1) weights: try ...``."""
     if not act:
         return f"saturating activations ({note}): try glorot_uniform or he init, or relu"

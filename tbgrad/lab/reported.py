@@ -183,6 +183,31 @@ STUDY_B = Section(
     ),
 )
 
+EXPLAINED = Section(
+    paragraphs=(
+        "## Why: the verdicts explained",
+        "Each run's explanation (`tbgrad.explain`, shown by `tbgrad train` and the "
+        "Gradient-flow dashboard): the rule that fired and the layers it concerns, then "
+        "the signals of the deeper half of the hidden layers (`hidden_3` to `hidden_5` of "
+        "study A's five, `hidden_3` and `hidden_4` of study B's four), each layer's median "
+        "over the epochs averaged over them: the share of saturated outputs (tanh, "
+        "sigmoid: |a| > 0.97, a < 0.03 or a > 0.97), the share of dead units (relu: 0 "
+        "for every sample of an epoch), the update-to-weight ratio (about 1e-3 is "
+        "usual), and what the explanation suggests.",
+    ),
+    columns=(
+        "run",
+        "verdict",
+        "rule",
+        "layers",
+        "saturated",
+        "dead units",
+        "update ratio",
+        "what to try",
+    ),
+    rows=("A2", "A3", "B-sigmoid-fit", "B-relu-fit"),
+)
+
 DEPTH_GRID = Section(
     paragraphs=(
         "## Extensions",

@@ -27,6 +27,14 @@ from tbgrad.lab.config import RunConfig, make_config
 from tbgrad.lab.experiment import RESULT_FILE
 from tbgrad.lab.glorot_check import flatness
 from tbgrad.lab.reported import MARGIN, NOTES, REPORTED, REPORTED_NUMBERS
+from tbgrad.verdict import (
+    ACTIVATION_DEAD,
+    ACTIVATION_SATURATED,
+    DEAD_ABOVE,
+    SATURATED_ABOVE,
+    VANISHING,
+    layer_span,
+)
 
 SEEDS = (1, 2, 3, 4, 5)
 B_SEEDS = (42, 43, 44, 45, 46)
@@ -229,6 +237,7 @@ def collect(groups: list[Group], out_dir: Path) -> list[Group]:
 def _run_row(config: RunConfig, summary) -> dict:
     """One run's figures: its stored result and its report summary."""
     result = load_json(summary.path / RESULT_FILE)
+    why = summary.verdict.explanation
     return {
         "name": summary.name,
         "seed": config.seed,
@@ -240,7 +249,32 @@ def _run_row(config: RunConfig, summary) -> dict:
         "weakest_ratio": summary.verdict.weakest_ratio,
         "grad_ratio": summary.grad_ratio,
         "grad_mean_abs": summary.grad_mean_abs,
+        "explanation": why.to_dict() if why else None,
+        "deep": deep_layer_signals(summary.data),
     }
+
+
+def deep_layer_signals(run) -> dict:
+    """The activation signals of the deeper half of a run's hidden layers
+    (``hidden_3``..``hidden_5`` of five, ``hidden_3``, ``hidden_4`` of four):
+    ``{"layers", "saturated", "dead", "update_ratio"}``, each layer's median
+    over the epochs, then the mean over the layers (None where not logged:
+    saturation for tanh and sigmoid layers, dead units for relu layers)."""
+    hidden = (run.train.kernels or [])[:-1]
+    deep = hidden[len(hidden) // 2 :]
+    out: dict = {"layers": deep}
+    for key, family in (
+        ("saturated", ACTIVATION_SATURATED),
+        ("dead", ACTIVATION_DEAD),
+        ("update_ratio", "update_ratio"),
+    ):
+        medians = [
+            float(np.median(values))
+            for values in (run.train.scalar(f"{family}/{layer}") for layer in deep)
+            if len(values)
+        ]
+        out[key] = float(np.mean(medians)) if medians else None
+    return out
 
 
 # -- Glorot & Bengio -------------------------------------------------------------
@@ -319,6 +353,7 @@ def qualitative_checks(groups: list[Group], gb: dict) -> list[tuple[str, bool, s
                 f"A2 {r2:.3g}, A3 {r3:.3g}",
             )
         )
+    checks += explanation_checks(by_key)
     if gb:
         flat_std = float(np.mean([flatness(p) for p in gb["standard"]["at_init"]]))
         flat_glorot = float(np.mean([flatness(p) for p in gb["glorot_uniform"]["at_init"]]))
@@ -328,6 +363,63 @@ def qualitative_checks(groups: list[Group], gb: dict) -> list[tuple[str, bool, s
                 flat_glorot < flat_std,
                 f"max/min of the per-layer std of dL/dh at init (mean over seeds): "
                 f"standard {flat_std:.3g}, Glorot {flat_glorot:.3g}",
+            )
+        )
+    return checks
+
+
+def _alarms(run: dict, kind: str) -> bool:
+    """Whether the run's explanation raises ``kind`` ("saturated", "dead")."""
+    why = run.get("explanation") or {}
+    flag = "saturated" if kind == "saturated" else "of units dead"
+    return any(flag in note for note in why.get("notes", []))
+
+
+def _share(values) -> str:
+    values = [v for v in values if v is not None]
+    return f"{np.mean(values):.0%}" if values else "not logged"
+
+
+def explanation_checks(by_key: dict[str, Group]) -> list[tuple[str, bool, str]]:
+    """What the explanations must tell: A2's deep layers saturated where its
+    gradient vanishes, A3's not; B-sigmoid vanishing without saturation;
+    relu without dead-unit alarms."""
+    checks = []
+    a2, a3 = by_key.get("A2"), by_key.get("A3")
+    if a2 and a3 and a2.runs and a3.runs:
+        vanishing = [r for r in a2.runs if r["verdict"] == VANISHING]
+        flagged = [r for r in vanishing if _alarms(r, "saturated")]
+        quiet = [r for r in a3.runs if not (_alarms(r, "saturated") or _alarms(r, "dead"))]
+        checks.append(
+            (
+                "A2's deep layers saturated where its gradient vanishes; A3 without "
+                "saturation or dead-unit alarms",
+                bool(vanishing) and len(flagged) == len(vanishing) and len(quiet) == len(a3.runs),
+                f"saturation named in {len(flagged)} of A2's {len(vanishing)} vanishing runs "
+                f"(deep layers {_share(r['deep']['saturated'] for r in a2.runs)} saturated); "
+                f"A3: {len(quiet)} of {len(a3.runs)} runs without alarms",
+            )
+        )
+    sigmoid, relu = by_key.get("B-sigmoid-fit"), by_key.get("B-relu-fit")
+    if sigmoid and sigmoid.runs:
+        shares = [r["deep"]["saturated"] for r in sigmoid.runs]
+        checks.append(
+            (
+                "B-sigmoid vanishes without saturated units (sigmoid's slope is at most 0.25)",
+                all(r["verdict"] == VANISHING for r in sigmoid.runs)
+                and all(s is not None and s <= SATURATED_ABOVE for s in shares),
+                f"{sum(r['verdict'] == VANISHING for r in sigmoid.runs)} of {len(sigmoid.runs)} "
+                f"runs vanishing, deep layers {_share(shares)} saturated "
+                f"(alarm above {SATURATED_ABOVE:.0%})",
+            )
+        )
+    if relu and relu.runs:
+        dead = [r["deep"]["dead"] for r in relu.runs]
+        checks.append(
+            (
+                "B-relu without dead-unit alarms",
+                not any(_alarms(r, "dead") for r in relu.runs),
+                f"deep layers' dead units {_share(dead)} (alarm above {DEAD_ABOVE:.0%} in a layer)",
             )
         )
     return checks
@@ -490,6 +582,7 @@ def results_markdown(
         *_study_a(by_key, images),
         *_study_b_warmup(by_key),
         *_study_b(by_key, images),
+        *_explained(by_key),
         *_depth_grid(by_key, images),
         *_deep_tanh_variants(by_key),
         *_weight_l1(images),
@@ -592,6 +685,34 @@ def _study_b(by_key: dict[str, Group], images: _Images) -> list[str]:
         ]
         lines.append(_row(g, cells))
     return [*lines, "", *images.lines(section.figures)]
+
+
+def _explained(by_key: dict[str, Group]) -> list[str]:
+    """A row per run of A2, A3, B-sigmoid and B-relu: its verdict explained."""
+    section = reported.EXPLAINED
+    rows = _with_runs(by_key, section.rows)
+    if not rows:
+        return []
+    lines = _paragraphs(section)
+    for g in rows:
+        for r in g.runs:
+            why, figures = r["explanation"] or {}, r["deep"]
+            cells = [
+                f"{g.key} seed {r['seed']}",
+                r["verdict"],
+                why.get("rule", "-"),
+                layer_span(why.get("layers", [])) or "-",
+                _percent(figures["saturated"]),
+                _percent(figures["dead"]),
+                "-" if figures["update_ratio"] is None else f"{figures['update_ratio']:.1e}",
+                why.get("suggestion") or "-",
+            ]
+            lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return [*lines, ""]
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
 
 
 def _depth_grid(by_key: dict[str, Group], images: _Images) -> list[str]:

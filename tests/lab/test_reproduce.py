@@ -15,7 +15,7 @@ from tbgrad.cli.reproduce import main
 from tbgrad.eventlog import load_run
 from tbgrad.lab import reproduce
 from tbgrad.lab.glorot_check import CHECK_DEPTH, CHECK_WIDTH, backprop_stds, flatness
-from tbgrad.verdict import verdict_of
+from tbgrad.verdict import SATURATED_ABOVE, layer_span, verdict_of
 
 
 @pytest.fixture
@@ -41,7 +41,9 @@ def test_quick_reproduction_shows_the_findings(tmp_path, capsys, circles, saved_
     assert main(["--quick", "--out", str(out), "--workers", "2"]) == 0
     stdout = capsys.readouterr().out
     assert "NOT reproduced" not in stdout
-    assert stdout.count("reproduced: ") == 2
+    # A2 against A3 (the Glorot check's, the gradient ratio's, the explanations').
+    assert stdout.count("reproduced: ") == 3
+    assert "## Why: the verdicts explained" in (out / "results.md").read_text()
     text = (out / "results.md").read_text()
     assert "## Study A" in text and "## Glorot & Bengio" in text
     for name in ("glorot_bengio.png", "weight_l1.png"):
@@ -198,3 +200,116 @@ def test_bad_flags(capsys, tmp_path):
     target.write_text("x")
     assert main(["--out", str(target)]) == 2
     assert "exists and is not a directory" in capsys.readouterr().err
+
+
+# -- the explanations of A2, A3, B-sigmoid and B-relu, on tiny runs ----------------
+
+EXPLAINED = {"A2": "A2", "A3": "A3", "B-sigmoid-fit": "B-sigmoid", "B-relu-fit": "B-relu"}
+
+
+@pytest.fixture(scope="module")
+def explained(tmp_path_factory):
+    """The four presets for three epochs, trained, collected as reproduce does."""
+    from tbgrad.lab import experiment
+    from tbgrad.lab.config import make_config
+
+    out = tmp_path_factory.mktemp("explained")
+    groups = []
+    for key, preset in EXPLAINED.items():
+        config = make_config(preset, epochs=3, histogram_freq=0)
+        result = experiment.run(config, out / "runs", run_name=config.run_name(), verbose=0)
+        experiment.write_result(result)
+        groups.append(reproduce.Group(key, key, [config]))
+    return out, reproduce.collect(groups, out)
+
+
+def test_explanation_rows_hold_the_runs_signals(explained):
+    out, groups = explained
+    lines = reproduce._explained({g.key: g for g in groups})
+    assert lines[0] == "## Why: the verdicts explained"
+    rows = [line for line in lines if line.startswith("| ") and "seed" in line]
+    assert len(rows) == 4
+    for group, row in zip(groups, rows):
+        (run,) = group.runs
+        data = load_run(out / "runs" / group.configs[0].run_name())
+        found = verdict_of(out / "runs" / group.configs[0].run_name())
+        hidden = data.train.kernels[:-1]
+        deep = hidden[len(hidden) // 2 :]
+        assert deep == (
+            ["hidden_3", "hidden_4", "hidden_5"]
+            if group.key[0] == "A"
+            else ["hidden_3", "hidden_4"]
+        )
+
+        ratio = np.mean([np.median(data.train.scalar(f"update_ratio/{n}")) for n in deep])
+        cells = [c.strip() for c in row.strip("|").split(" | ")]
+        assert cells[:4] == [
+            f"{group.key} seed {group.configs[0].seed}",
+            found.label,
+            found.explanation.rule,
+            layer_span(found.explanation.layers) or "-",
+        ]
+        saturating = group.key in ("A2", "B-sigmoid-fit")
+        assert cells[4] == (deep_share(data, deep, "activation_saturated") if saturating else "-")
+        assert cells[5] == ("-" if saturating else deep_share(data, deep, "activation_dead"))
+        assert cells[6] == f"{ratio:.1e}"
+        assert cells[7] == (found.explanation.suggestion or "-")
+
+
+def deep_share(data, deep, family):
+    """Numpy on the scalars: each deep layer's median, their mean, as a percentage."""
+    medians = [np.median(data.train.scalar(f"{family}/{n}")) for n in deep]
+    return f"{np.mean(medians):.0%}"
+
+
+def test_explanation_checks_follow_the_runs(explained):
+    _, groups = explained
+    by_key = {g.key: g for g in groups}
+    checks = {name: (passed, text) for name, passed, text in reproduce.explanation_checks(by_key)}
+    assert len(checks) == 3
+    a2, a3 = by_key["A2"].runs, by_key["A3"].runs
+    name = next(n for n in checks if n.startswith("A2's deep layers saturated"))
+    vanishing = [r for r in a2 if r["verdict"] == "vanishing"]
+    named = [r for r in vanishing if any("saturated" in n for n in r["explanation"]["notes"])]
+    quiet = [r for r in a3 if not r["explanation"]["notes"]]
+    expected = bool(vanishing) and len(named) == len(vanishing) and len(quiet) == len(a3)
+    assert checks[name][0] == expected
+    assert (
+        f"saturation named in {len(named)} of A2's {len(vanishing)} vanishing runs"
+        in checks[name][1]
+    )
+    sigmoid = by_key["B-sigmoid-fit"].runs
+    name = next(n for n in checks if n.startswith("B-sigmoid"))
+    expected = all(
+        r["verdict"] == "vanishing" and r["deep"]["saturated"] <= SATURATED_ABOVE for r in sigmoid
+    )
+    assert checks[name][0] == expected
+    relu = by_key["B-relu-fit"].runs
+    dead_alarm = any(any("units dead" in n for n in r["explanation"]["notes"]) for r in relu)
+    assert checks["B-relu without dead-unit alarms"][0] == (not dead_alarm)
+
+
+def test_checks_fail_when_the_story_is_not_told():
+    """Hand-made rows: A2 vanishing without a saturation note, a dead A3 layer."""
+
+    def row(verdict, notes, saturated=None, dead=None):
+        deep = {"layers": [], "saturated": saturated, "dead": dead, "update_ratio": 1e-3}
+        return {"verdict": verdict, "explanation": {"notes": notes}, "deep": deep}
+
+    groups = {
+        "A2": reproduce.Group("A2", "A2", [], runs=[row("vanishing", [], saturated=0.2)]),
+        "A3": reproduce.Group(
+            "A3", "A3", [], runs=[row("healthy", ["hidden_2: up to 60% of units dead"])]
+        ),
+        "B-sigmoid-fit": reproduce.Group(
+            "B-sigmoid-fit", "", [], runs=[row("vanishing", [], saturated=0.5)]
+        ),
+        "B-relu-fit": reproduce.Group(
+            "B-relu-fit", "", [], runs=[row("healthy", ["hidden_3: up to 80% of units dead"])]
+        ),
+    }
+    assert [passed for _, passed, _ in reproduce.explanation_checks(groups)] == [
+        False,
+        False,
+        False,
+    ]
