@@ -211,3 +211,54 @@ def functional_cond(pred, true_fn: Callable, false_fn: Callable):
 
     index = tf.cast(pred, tf.int32)
     return cond_v2.indexed_case(index, [false_fn, true_fn], lower_using_switch_merge=False)
+
+
+# Keras 3 keeps the ``training`` argument of the outermost layer call in a
+# call context (``Layer._get_call_context``, keras/src/layers/layer.py), the
+# one every nested layer inherits it from. An activation function is called
+# without it; no public API says whether the forward pass running is a
+# training one.
+KERAS_CALL_CONTEXT = "current_call_ctx"
+
+
+def keras_training() -> bool:
+    """Whether the Keras layer call being traced runs with ``training=True``."""
+    from keras.src.backend.common import global_state
+
+    context = global_state.get_global_attribute(KERAS_CALL_CONTEXT)
+    return bool(context is not None and context.get_value("training"))
+
+
+# A Keras layer with an activation (Dense, Conv*, ...) applies it as
+# ``self.activation(x)`` in ``call``. tbgrad shadows that attribute on the
+# one layer instance with a wrapper that sees the layer's output in the
+# training forward pass; the wrapper keeps the original's name and module
+# (functools.wraps), so the layer's config serialises unchanged.
+WRAPPED_ACTIVATION = "_tbgrad_original_activation"
+
+
+def wrap_activation(layer, seen: Callable) -> bool:
+    """Makes ``layer.activation`` call ``seen(output)`` on every output it
+    computes; False (and nothing done) when it is wrapped already."""
+    import functools
+
+    original = layer.activation
+    if getattr(original, WRAPPED_ACTIVATION, None) is not None:
+        return False
+
+    @functools.wraps(original)
+    def activation(x, *args, **kwargs):
+        out = original(x, *args, **kwargs)
+        seen(out)
+        return out
+
+    setattr(activation, WRAPPED_ACTIVATION, original)
+    layer.activation = activation
+    return True
+
+
+def unwrap_activation(layer) -> None:
+    """Undoes :func:`wrap_activation`."""
+    original = getattr(layer.activation, WRAPPED_ACTIVATION, None)
+    if original is not None:
+        layer.activation = original

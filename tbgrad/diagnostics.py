@@ -1,4 +1,12 @@
-"""How far each optimizer step moves the weights: the update-to-weight ratio.
+"""Why a gradient vanishes: signals measured in the training pass itself.
+
+* :class:`UpdateRatios`: how far each optimizer step moves the weights.
+* :class:`ActivationHealth`: saturated and dead units, from the outputs of
+  the training forward pass (no extra forward pass).
+* :class:`ClipStats`: how often gradient clipping changed the gradients, and
+  their norm before it.
+
+The update-to-weight ratio:
 
 :class:`UpdateRatios` measures, in every compiled train step, each tracked
 kernel's ``||w_after - w_before|| / ||w_before||`` over one optimizer update,
@@ -18,11 +26,13 @@ above, the step is too large for it.
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 
+import keras
 import numpy as np
 import tensorflow as tf
 
-from tbgrad import tags
+from tbgrad import _compat, tags
 
 # The rule of thumb (cs231n.github.io/neural-networks-3, "Ratio of weights:
 # updates"): updates about a thousandth of the weights.
@@ -35,6 +45,8 @@ class UpdateRatios:
     Args:
         kernels: The tracked variables (``KernelLayer.kernel``), in layer
             order.
+        on_nonfinite: Called inside the step with a boolean tensor, per
+            kernel, of those the update left NaN or Inf.
 
     Call :meth:`before_update` and :meth:`after_update` inside the train
     step, around the optimizer's update (:class:`tbgrad.hook.OptimizerHook`
@@ -45,8 +57,11 @@ class UpdateRatios:
         >>> ratios.epoch_scalars()[tags.UPDATE_RATIO]  # one value per kernel
     """
 
-    def __init__(self, kernels: list):
+    def __init__(self, kernels: list, on_nonfinite=None):
         self.kernels = list(kernels)
+        # Called in the step with a per-kernel boolean tensor: which kernels
+        # the update left NaN or Inf.
+        self.on_nonfinite = on_nonfinite
         kwargs = dict(
             trainable=False,
             synchronization=tf.VariableSynchronization.ON_WRITE,
@@ -83,6 +98,9 @@ class UpdateRatios:
         # A kernel that did not move has ratio 0 even when it is all zeros;
         # a zero kernel that moved has ratio inf.
         ratio = tf.where(moved > 0, tf.sqrt(moved) / tf.sqrt(size), tf.zeros_like(moved))
+        if self.on_nonfinite is not None:
+            # A weight turned NaN or Inf makes its kernel's distance moved so.
+            self.on_nonfinite(tf.logical_not(tf.math.is_finite(moved)))
         self._sums.assign_add(ratio)
         self._steps.assign_add(1)
 
@@ -120,3 +138,314 @@ class UpdateRatios:
 
 def _float32(variable) -> tf.Tensor:
     return tf.cast(tf.convert_to_tensor(variable), tf.float32)
+
+
+def _variable(value, name: str) -> tf.Variable:
+    # Updated inside the train step by the first replica only.
+    return tf.Variable(
+        value,
+        name=name,
+        trainable=False,
+        synchronization=tf.VariableSynchronization.ON_WRITE,
+        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+    )
+
+
+# -- activation health ----------------------------------------------------
+
+TANH, SIGMOID, RELU = "tanh", "sigmoid", "relu"
+# A tanh unit is saturated beyond |a| > 0.97 (Karpathy, "makemore" part 3):
+# its local gradient 1 - a^2 is then below 0.06. A sigmoid unit likewise
+# below 0.03 or above 0.97 (local gradient a(1 - a) below 0.03).
+TANH_SATURATED_ABOVE = 0.97
+SIGMOID_SATURATED = (0.03, 0.97)
+ACTIVATION_KINDS = (TANH, SIGMOID, RELU)
+
+
+@dataclass(frozen=True)
+class ActivationLayer:
+    """A layer whose outputs tbgrad watches: its tag name, the layer, the
+    activation (:data:`ACTIVATION_KINDS`) and its number of units."""
+
+    name: str
+    layer: keras.layers.Layer
+    kind: str
+    units: int
+
+
+def activation_layers(model: keras.Model, layers) -> list[ActivationLayer]:
+    """The layers of ``model`` among ``layers`` (from
+    :func:`tbgrad.stats.tracked_variables`, by their kernels) whose activation
+    is tanh, sigmoid or relu, in model order."""
+    names = {id(layer.kernel): layer.name for layer in layers if layer.is_kernel}
+    out = []
+    for layer in _walk(model):
+        kernel = getattr(layer, "kernel", None)
+        activation = getattr(layer, "activation", None)
+        kind = getattr(activation, "__name__", None)
+        if kernel is None or id(kernel) not in names or kind not in ACTIVATION_KINDS:
+            continue
+        out.append(ActivationLayer(names[id(kernel)], layer, kind, int(kernel.shape[-1])))
+    return sorted(out, key=lambda a: list(names.values()).index(a.name))
+
+
+def _walk(layer):
+    yield layer
+    for sub in _compat.sublayers(layer):
+        yield from _walk(sub)
+
+
+class ActivationHealth:
+    """Saturated and dead units of the watched layers, over an epoch.
+
+    Per layer and training step, from the layer's outputs in the training
+    forward pass: for tanh and sigmoid the share of outputs that are
+    saturated (:data:`TANH_SATURATED_ABOVE`, :data:`SIGMOID_SATURATED`); for
+    relu the share that are 0, and per unit whether it was positive for any
+    sample (a unit never positive in the epoch is dead). The epoch's first
+    counted step also buckets each layer's outputs for a histogram. Under
+    several replicas the shares and dead units cover every replica's part
+    of the batch; the histogram is the first replica's part.
+
+    :meth:`install` wraps each layer's activation
+    (:func:`tbgrad._compat.wrap_activation`): the wrapper keeps the outputs of
+    a ``training=True`` call, and :class:`tbgrad.stats.GradientStats` adds
+    them up in the same train step, where the optimizer applies the
+    gradients. A forward pass and optimizer step in different
+    ``tf.function`` s (or one of them eager) add nothing.
+    """
+
+    def __init__(self, layers: list[ActivationLayer], bucket_count: int):
+        self.layers = list(layers)
+        self.bucket_count = bucket_count
+        m = max(len(self.layers), 1)
+        relu = [a for a in self.layers if a.kind == RELU]
+        self._relu_units = int(sum(a.units for a in relu))
+        self._shares = _variable(tf.zeros([m]), "tbgrad_activation_shares")
+        self._steps = _variable(tf.constant(0, tf.int64), "tbgrad_activation_steps")
+        self._alive = _variable(tf.zeros([max(self._relu_units, 1)], tf.bool), "tbgrad_alive")
+        self._hist = _variable(tf.zeros([m, bucket_count + 2]), "tbgrad_activation_hist")
+        self._pending: dict[int, dict[int, tf.Tensor]] = {}
+        self._installed: list = []
+
+    # -- the forward pass -------------------------------------------------
+
+    def install(self) -> None:
+        """Wraps the activation of every watched layer."""
+        for i, watched in enumerate(self.layers):
+            if _compat.wrap_activation(watched.layer, self._seen_by(i)):
+                self._installed.append(watched.layer)
+
+    def remove(self) -> None:
+        """Restores the layers' activations."""
+        for layer in self._installed:
+            _compat.unwrap_activation(layer)
+        self._installed = []
+        self._pending.clear()
+
+    def _seen_by(self, i: int):
+        def seen(output):
+            if not tf.executing_eagerly() and _compat.keras_training():
+                self._pending.setdefault(threading.get_ident(), {})[i] = output
+
+        return seen
+
+    def take(self) -> list[tf.Tensor] | None:
+        """The outputs kept in this trace's forward pass, one per layer, or
+        None when a layer's is missing (or from another graph)."""
+        pending = self._pending.pop(threading.get_ident(), {})
+        if not self.layers or tf.executing_eagerly():
+            return None
+        graph = tf.compat.v1.get_default_graph()
+        outputs = [pending.get(i) for i in range(len(self.layers))]
+        if any(a is None or getattr(a, "graph", None) is not graph for a in outputs):
+            return None
+        return outputs
+
+    # -- inside the train step ----------------------------------------------
+
+    def update(self, outputs: list[tf.Tensor], due=None) -> None:
+        """Adds one step's outputs (``due``: a boolean tensor, False leaves
+        the step out)."""
+        counts, sizes, alive = [], [], []
+        for watched, a in zip(self.layers, outputs):
+            a = tf.cast(a, tf.float32)
+            if watched.kind == TANH:
+                flags = tf.abs(a) > TANH_SATURATED_ABOVE
+            elif watched.kind == SIGMOID:
+                low, high = SIGMOID_SATURATED
+                flags = tf.logical_or(a < low, a > high)
+            else:
+                positive = a > 0
+                alive.append(tf.reduce_any(tf.reshape(positive, [-1, watched.units]), axis=0))
+                flags = tf.logical_not(positive)
+            counts.append(tf.reduce_sum(tf.cast(flags, tf.float32)))
+            sizes.append(tf.cast(tf.size(flags), tf.float32))
+        counts, sizes = tf.stack(counts), tf.stack(sizes)
+        replica = tf.distribute.get_replica_context()
+        if replica is not None and replica.num_replicas_in_sync > 1:
+            # Each replica saw its part of the batch (maybe none): the counts
+            # add up; a unit is alive if it is in any replica.
+            counts, sizes = replica.all_reduce(tf.distribute.ReduceOp.SUM, [counts, sizes])
+            if alive:
+                positive = tf.cast(tf.concat(alive, axis=0), tf.float32)
+                alive = [replica.all_reduce(tf.distribute.ReduceOp.SUM, positive) > 0]
+        shares = tf.math.divide_no_nan(counts, sizes)
+        if due is not None:
+            shares = tf.where(due, shares, tf.zeros_like(shares))
+        self._shares.assign_add(shares)
+        self._steps.assign_add(1 if due is None else tf.cast(due, tf.int64))
+        if alive:
+            alive = alive[0] if len(alive) == 1 else tf.concat(alive, axis=0)
+            if due is not None:
+                alive = tf.logical_and(alive, due)
+            self._alive.assign(tf.logical_or(self._alive, alive))
+
+    def capture(self, outputs: list[tf.Tensor], when=None) -> None:
+        """Keeps the histogram buckets of ``outputs`` (where ``when``, a
+        boolean tensor, is true; always when None)."""
+        hist = tf.stack([_buckets(a, self.bucket_count) for a in outputs])
+        self._hist.assign(hist if when is None else tf.where(when, hist, self._hist))
+
+    # -- between epochs (eager) ---------------------------------------------
+
+    def reset(self) -> None:
+        """Starts a new epoch."""
+        self._shares.assign(tf.zeros_like(self._shares))
+        self._steps.assign(0)
+        self._alive.assign(tf.zeros_like(self._alive))
+        self._hist.assign(tf.zeros_like(self._hist))
+
+    def snapshot_tensors(self) -> dict:
+        """The epoch's sums as tensors (graph or eager)."""
+        return {
+            "activation_shares": self._shares.read_value(),
+            "activation_steps": self._steps.read_value(),
+            "activation_alive": self._alive.read_value(),
+            "activation_hist": self._hist.read_value(),
+        }
+
+    def epoch_values(self, snapshot: dict | None, histograms: bool) -> dict:
+        """``{tag: value}`` of the epoch: shares as floats, histograms as
+        ``[bucket_count, 3]`` arrays; ``{}`` when no step was counted."""
+        if snapshot is None:
+            snapshot = {k: v.numpy() for k, v in self.snapshot_tensors().items()}
+        steps = int(snapshot.get("activation_steps", 0))
+        if steps == 0 or not self.layers:
+            return {}
+        shares = np.asarray(snapshot["activation_shares"], np.float64) / steps
+        alive = np.asarray(snapshot["activation_alive"], bool)
+        hist = np.asarray(snapshot["activation_hist"], np.float64)
+        out, start = {}, 0
+        for i, watched in enumerate(self.layers):
+            if watched.kind == RELU:
+                units = alive[start : start + watched.units]
+                start += watched.units
+                out[tags.layer_tag(tags.ACTIVATION_ZERO, watched.name)] = float(shares[i])
+                out[tags.layer_tag(tags.ACTIVATION_DEAD, watched.name)] = float(1 - units.mean())
+            else:
+                out[tags.layer_tag(tags.ACTIVATION_SATURATED, watched.name)] = float(shares[i])
+            if histograms and hist[i, 2:].sum() > 0:
+                lo, hi = hist[i, 0], hist[i, 1]
+                edges = np.linspace(lo, hi, self.bucket_count + 1)
+                buckets = np.stack([edges[:-1], edges[1:], hist[i, 2:]], axis=1)
+                out[tags.layer_tag(tags.ACTIVATIONS, watched.name)] = buckets
+        return out
+
+
+def _buckets(a: tf.Tensor, k: int) -> tf.Tensor:
+    # [lo, hi, count_1..count_k] of the finite entries of ``a``, bucketed as
+    # tbgrad.stats.histogram_buckets does (equal buckets from the minimum to
+    # the maximum, the maximum in the last one). A segment sum, not
+    # tf.histogram_fixed_width, which XLA cannot compile.
+    a = tf.reshape(tf.cast(a, tf.float32), [-1])
+    finite = tf.math.is_finite(a)
+    lo = tf.reduce_min(tf.where(finite, a, np.inf))
+    hi = tf.reduce_max(tf.where(finite, a, -np.inf))
+    lo, hi = tf.where(lo <= hi, lo, 0.0), tf.where(lo <= hi, hi, 0.0)
+    span = tf.where(hi > lo, hi - lo, 1.0)
+    index = tf.cast(tf.floor((tf.where(finite, a, lo) - lo) / span * k), tf.int32)
+    index = tf.clip_by_value(index, 0, k - 1)
+    counts = tf.math.unsorted_segment_sum(tf.cast(finite, tf.float32), index, k)
+    return tf.concat([tf.stack([lo, hi]), counts], axis=0)
+
+
+# -- gradient clipping ----------------------------------------------------
+
+CLIP_OPTIONS = ("clipnorm", "clipvalue", "global_clipnorm")
+
+
+def clips(optimizer) -> bool:
+    """Whether ``optimizer`` clips its gradients (any of :data:`CLIP_OPTIONS`)."""
+    return any(getattr(optimizer, option, None) is not None for option in CLIP_OPTIONS)
+
+
+class ClipStats:
+    """How often clipping changed the gradients, and their norm before it.
+
+    Args:
+        optimizer: The clipping optimizer (its ``clipnorm``, ``clipvalue``
+            and ``global_clipnorm``).
+
+    :class:`tbgrad.hook.OptimizerHook` calls :meth:`update` with every step's
+    gradients before the optimizer clipped them (every gradient it applies,
+    not only the tracked ones). A step counts as clipped when a gradient
+    exceeds a limit: a variable's norm above ``clipnorm``, an entry above
+    ``clipvalue`` in size, the global norm above ``global_clipnorm`` (Keras
+    rescales also gradients within the limit, by 1 up to rounding, so a
+    comparison of the values before and after would count every step). Per
+    epoch: the share of clipped steps, and the global norm of the gradients
+    before clipping, its mean and largest value over the epoch's steps.
+    """
+
+    def __init__(self, optimizer):
+        self.limits = {option: getattr(optimizer, option, None) for option in CLIP_OPTIONS}
+        # [steps clipped, sum of norms, steps], and the largest norm.
+        self._sums = _variable(tf.zeros([3]), "tbgrad_clip_sums")
+        self._max = _variable(tf.constant(0.0), "tbgrad_clip_max")
+
+    def update(self, unclipped: list, clipped: list | None = None) -> None:
+        """Adds one step (call inside the train step)."""
+        grads = [tf.cast(_dense(g), tf.float32) for g in unclipped if g is not None]
+        if not grads:
+            return
+        norms = tf.sqrt(2.0 * tf.stack([tf.nn.l2_loss(g) for g in grads]))
+        norm = tf.norm(norms)
+        exceeded = []
+        if self.limits["clipnorm"] is not None:
+            exceeded.append(tf.reduce_any(norms > self.limits["clipnorm"]))
+        if self.limits["global_clipnorm"] is not None:
+            exceeded.append(norm > self.limits["global_clipnorm"])
+        if self.limits["clipvalue"] is not None:
+            largest = tf.reduce_max(tf.stack([tf.reduce_max(tf.abs(g)) for g in grads]))
+            exceeded.append(largest > self.limits["clipvalue"])
+        changed = tf.cast(tf.reduce_any(tf.stack(exceeded)), tf.float32)
+        self._sums.assign_add(tf.stack([changed, norm, 1.0]))
+        self._max.assign(tf.maximum(self._max, norm))
+
+    def reset(self) -> None:
+        self._sums.assign(tf.zeros_like(self._sums))
+        self._max.assign(0.0)
+
+    def snapshot_tensors(self) -> dict:
+        return {"clip_sums": self._sums.read_value(), "clip_max": self._max.read_value()}
+
+    def epoch_values(self, snapshot: dict | None) -> dict:
+        """``{tag: value}``: :data:`tbgrad.tags.CLIP_SHARE`,
+        :data:`~tbgrad.tags.CLIP_NORM_BEFORE` and its max; ``{}`` without a step."""
+        if snapshot is None:
+            snapshot = {k: v.numpy() for k, v in self.snapshot_tensors().items()}
+        changed, norms, steps = (float(v) for v in snapshot["clip_sums"])
+        if steps == 0:
+            return {}
+        return {
+            tags.CLIP_SHARE: changed / steps,
+            tags.CLIP_NORM_BEFORE: norms / steps,
+            tags.CLIP_NORM_BEFORE_MAX: float(snapshot["clip_max"]),
+        }
+
+
+def _dense(gradient):
+    if isinstance(gradient, tf.IndexedSlices):
+        return gradient.values
+    return gradient

@@ -27,6 +27,7 @@ from tbgrad._validate import (
     check_update_freq,
     check_variables,
 )
+from tbgrad.diagnostics import activation_layers, clips
 from tbgrad.hook import OptimizerHook
 from tbgrad.stats import KERNELS, GradientStats, tracked_variables
 from tbgrad.summary import SummaryLogger
@@ -68,6 +69,16 @@ class GradientLogger:
             are then over those steps. For very large models, where the
             statistics cost more than a few percent of a step. Default 1:
             every step.
+        diagnostics: Also log why a gradient vanishes: the update-to-weight
+            ratio per layer, the saturated (tanh, sigmoid) and dead (relu)
+            units of each layer's outputs in the training forward pass, and,
+            with a clipping optimizer, how often clipping changed the
+            gradients. False logs the gradient and weight statistics only
+            (cheaper: the update ratio reads every kernel twice a step).
+
+    The first step and layer whose gradient or weights turn NaN or Inf are
+    kept in :attr:`first_nonfinite` and written once as the text tag
+    ``first_nonfinite``.
 
     Raises:
         ValueError: A bad argument, or Keras runs on a backend other than
@@ -104,6 +115,7 @@ class GradientLogger:
         optimizer: keras.optimizers.Optimizer | None = None,
         jit_compile: bool = False,
         stats_every: int = 1,
+        diagnostics: bool = True,
     ):
         check_keras_backend(f"tbgrad.{type(self).__name__}")
         self.stats_every = check_int("stats_every", stats_every, 1)
@@ -121,6 +133,11 @@ class GradientLogger:
         self.variables = variables
         self.optimizer = optimizer if optimizer is not None else getattr(model, "optimizer", None)
         self.jit_compile = bool(jit_compile)
+        self.diagnostics = bool(diagnostics)
+        # {"what", "layer", "epoch", "step_in_epoch", "step"} of the first
+        # non-finite gradient or weight of the run, or None.
+        self.first_nonfinite: dict | None = None
+        self._steps_done = 0
         self.summary = SummaryLogger(self.log_dir, None)
         self.epoch = 0
         self._stats: GradientStats | None = None
@@ -205,6 +222,7 @@ class GradientLogger:
         self.summary.write_epoch(
             epoch, train, val, histograms=self.histograms_due(epoch), snapshot=snapshot
         )
+        self._note_nonfinite(epoch)
         self.epoch = epoch + 1
         if reset:
             self.begin_epoch(epoch + 1)
@@ -221,6 +239,8 @@ class GradientLogger:
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
+        if self._stats is not None and self._stats.activations is not None:
+            self._stats.activations.remove()
         self.summary.close()
         if self._temporary_log_dir:
             _multi_worker.remove_temporary(self.log_dir)
@@ -261,7 +281,12 @@ class GradientLogger:
                 jit_compile=self.jit_compile,
                 count_skips=self._hook is not None and self._hook.counts_skips,
                 stats_every=self.stats_every,
+                activations=activation_layers(self.model, layers) if self.diagnostics else (),
+                diagnostics=self.diagnostics,
+                clipping=self._hook.optimizer if self._clips() else None,
             )
+        if self._stats.activations is not None:
+            self._stats.activations.install()
         self._stats.reset(capture=self.histograms_due(self.epoch))
         self.summary.stats = self._stats
 
@@ -278,6 +303,29 @@ class GradientLogger:
         with tf.compat.v1.name_scope(None):
             self.summary.write_step_in_graph(step, {}, tf.equal(step % self.update_freq, 0))
 
+    def _clips(self) -> bool:
+        return self._hook is not None and clips(self._hook.optimizer)
+
+    def _note_nonfinite(self, epoch: int) -> None:
+        # Keeps the run's first non-finite gradient or weight and writes it
+        # once, as text, at its epoch.
+        values = self.summary.last_epoch_values
+        if values is None:
+            return
+        steps_before, self._steps_done = self._steps_done, self._steps_done + values.seen
+        found = values.first_nonfinite
+        if found is None or self.first_nonfinite is not None:
+            return
+        index = found["step"]
+        self.first_nonfinite = {
+            "what": found["what"],
+            "layer": found["layer"],
+            "epoch": epoch,
+            "step_in_epoch": index,
+            "step": None if index is None else steps_before + index,
+        }
+        self.summary.write_text(tags.FIRST_NONFINITE, describe_nonfinite(self.first_nonfinite), epoch)
+
     def _check_observed(self, epoch: int) -> None:
         self._checked = True
         stats = self._get_stats()
@@ -288,6 +336,18 @@ class GradientLogger:
                 "optimizer=, or call logger.observe(grads, variables).",
                 stacklevel=3,
             )
+
+
+def describe_nonfinite(found: dict) -> str:
+    """One line on the first non-finite gradient or weight
+    (:attr:`GradientLogger.first_nonfinite`)."""
+    what = "gradient" if found["what"] == "gradient" else "weights"
+    if found["step"] is None:
+        return f"{found['layer']}: {what} NaN or Inf by the end of epoch {found['epoch']}"
+    return (
+        f"{found['layer']}: {what} NaN or Inf first at step {found['step']} "
+        f"(epoch {found['epoch']}, its step {found['step_in_epoch']})"
+    )
 
 
 def learning_rate(optimizer) -> float | None:

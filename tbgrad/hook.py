@@ -9,7 +9,8 @@ class, see :func:`tbgrad._compat.wrap_update_step`) so that both
 
 Around the update it also reads every tracked kernel (before weight decay
 and after the update step) for the update-to-weight ratios of
-:class:`tbgrad.diagnostics.UpdateRatios`.
+:class:`tbgrad.diagnostics.UpdateRatios`, and hands the gradients before and
+after clipping to :class:`tbgrad.diagnostics.ClipStats`.
 
 A LossScaleOptimizer skips a step whose loss-scaled gradients are not
 finite without reaching that update step; the hook counts those steps
@@ -79,6 +80,9 @@ class OptimizerHook:
 
         def before_weights_move(unclipped, clipped):
             _diagnostics(get()).before_update()
+            clip = getattr(_gradient_stats(get()), "clip", None)
+            if clip is not None:
+                clip.update(unclipped, clipped)
 
         def after_update():
             _diagnostics(get()).after_update()
@@ -114,8 +118,11 @@ class _NoDiagnostics:
         pass
 
 
+def _gradient_stats(target) -> GradientStats | None:
+    # ``target``: a GradientStats, or a GradientLogger (whose ``stats`` is one).
+    return target if isinstance(target, GradientStats) else getattr(target, "stats", None)
+
+
 def _diagnostics(target) -> UpdateRatios | _NoDiagnostics:
-    """The update ratios of ``target``: a GradientStats, or a GradientLogger
-    (whose ``stats`` is one)."""
-    stats = target if isinstance(target, GradientStats) else getattr(target, "stats", None)
-    return getattr(stats, "diagnostics", None) or _NoDiagnostics()
+    """The update ratios of ``target`` (see :func:`_gradient_stats`)."""
+    return getattr(_gradient_stats(target), "diagnostics", None) or _NoDiagnostics()

@@ -19,13 +19,14 @@ entries, with no ``tf.cond`` (see :func:`_finite_sums_xla`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from tbgrad import _compat, diagnostics, tags
+from tbgrad import _compat, tags
+from tbgrad import diagnostics as _diagnostics
 from tbgrad._validate import check_int
 
 # Columns of the per-layer statistics matrix.
@@ -61,6 +62,16 @@ class EpochValues:
     grad_ratio: float | None
     steps: int
     skipped: int | None = None
+    # Other tags of the epoch, named in full (``activation_dead/hidden_1``,
+    # ``clip/share``): a float for a scalar, a [k, 3] array for a histogram.
+    named: dict = field(default_factory=dict)
+    # The first non-finite gradient or weight of the epoch, or None:
+    # {"what": "gradient" or "weight", "layer": name, "step": the step's index
+    # in the epoch, None when only the epoch's final weights showed it}.
+    first_nonfinite: dict | None = None
+    # Every step of the epoch the statistics saw (also those stats_every
+    # leaves out; not those a LossScaleOptimizer skipped).
+    seen: int = 0
 
 
 # The ``variables=`` choices of the callback, GradientLogger and the tape loop.
@@ -182,6 +193,14 @@ class GradientStats:
             differs (see :func:`_finite_sums_xla`).
         count_skips: Count the steps the optimizer skips (:meth:`skip`, for
             a LossScaleOptimizer) and report them per epoch.
+        activations: The layers whose outputs to watch
+            (:func:`tbgrad.diagnostics.activation_layers`), for the saturated
+            and dead units of :class:`tbgrad.diagnostics.ActivationHealth`.
+        diagnostics: Measure the update-to-weight ratios, the activations'
+            health and (with ``clipping``) the clipping statistics. False
+            leaves only the gradient and weight statistics.
+        clipping: The optimizer, when it clips its gradients: count how
+            often (:class:`tbgrad.diagnostics.ClipStats`); None otherwise.
         stats_every: Compute the statistics on every this many steps only:
             the epoch's steps 0, N, 2N, ... (its first step, whose gradients
             the histograms show, is always one). The epoch's averages are
@@ -200,7 +219,11 @@ class GradientStats:
         jit_compile: bool = False,
         count_skips: bool = False,
         stats_every: int = 1,
+        activations=(),
+        diagnostics: bool = True,
+        clipping=None,
     ):
+        diagnostics_on = bool(diagnostics)
         self.stats_every = check_int("stats_every", stats_every, 1)
         self.layers = list(layers)
         self.jit_compile = bool(jit_compile)
@@ -219,6 +242,13 @@ class GradientStats:
         # Steps counted in the sums, and every step seen (for stats_every).
         self._steps = tf.Variable(tf.constant(0, tf.int64), name="tbgrad_steps", **kwargs)
         self._seen = tf.Variable(tf.constant(0, tf.int64), name="tbgrad_seen", **kwargs)
+        # The epoch's largest per-step mean |g| of each layer.
+        self._peak = tf.Variable(tf.zeros([n]), name="tbgrad_peak", **kwargs)
+        # The epoch's first non-finite gradient (0) or weight (1): [what,
+        # step index in the epoch, layer index]; what is -1 until one is seen.
+        self._first_bad = tf.Variable(
+            tf.constant([-1, -1, -1], tf.int64), name="tbgrad_first_nonfinite", **kwargs
+        )
         # Steps the optimizer skipped (non-finite loss-scaled gradients).
         self._skipped = tf.Variable(tf.constant(0, tf.int64), name="tbgrad_skipped", **kwargs)
         # Whether to keep the epoch's first gradients for the histograms.
@@ -235,7 +265,18 @@ class GradientStats:
         self._path_index = {layer.kernel.path: i for i, layer in enumerate(self.layers)}
         # The update-to-weight ratios, measured around the optimizer's update
         # (the hook calls before_update and after_update).
-        self.diagnostics = diagnostics.UpdateRatios([layer.kernel for layer in self.layers])
+        self.diagnostics = _diagnostics.UpdateRatios(
+            [layer.kernel for layer in self.layers] if diagnostics_on else [],
+            on_nonfinite=lambda bad: self._record_nonfinite(1, self._step_index(), bad),
+        )
+        self.activations = (
+            _diagnostics.ActivationHealth(list(activations), DEFAULT_BUCKET_COUNT)
+            if diagnostics_on and activations
+            else None
+        )
+        self.clip = (
+            _diagnostics.ClipStats(clipping) if diagnostics_on and clipping is not None else None
+        )
         self._groups, self._order = _size_groups(self.layers)
         self._sizes = np.array(
             [np.prod(layer.kernel.shape) for layer in self.layers], dtype=np.float32
@@ -258,6 +299,7 @@ class GradientStats:
                 ``variables``.
             variables: The trainable variables they belong to.
         """
+        outputs = self.activations.take() if self.activations is not None else None
         kernel_grads = self._select(grads, variables)
         if kernel_grads is None:
             return
@@ -274,17 +316,17 @@ class GradientStats:
             seen = self._seen.assign_add(1) - 1
             due = tf.equal(seen % self.stats_every, 0)
         if distributed or self.jit_compile:
-            self._update_selecting(kernel_grads, due)
+            self._update_selecting(kernel_grads, due, outputs)
         elif due is None:
-            self._update_fn(kernel_grads)
+            self._update_fn(kernel_grads, outputs)
         else:
             _compat.functional_cond(
                 due,
-                lambda: self._update_fn(kernel_grads),
+                lambda: self._update_fn(kernel_grads, outputs),
                 lambda: tf.constant(0, tf.int64),
             )
 
-    def _update_step(self, kernel_grads) -> tf.Tensor:
+    def _update_step(self, kernel_grads, outputs=None) -> tf.Tensor:
         # The common step is one float32 reduction per statistic and kernel,
         # with no copy. A step whose sums are not finite (it needs the
         # finite-only recount) and the epoch's first step (whose gradients the
@@ -296,26 +338,33 @@ class GradientStats:
         first = tf.logical_and(tf.equal(self._steps, 0), self._capture)
         step = _compat.functional_cond(
             tf.logical_or(first, tf.logical_not(finite)),
-            lambda: self._rare_step(kernel_grads, step, finite, first),
+            lambda: self._rare_step(kernel_grads, step, finite, first, outputs),
             lambda: step,
         )
         self._sums.assign_add(step)
         self._last.assign(step)
+        self._peak.assign(tf.maximum(self._peak, step[:, MEAN_ABS]))
+        if outputs is not None:
+            self.activations.update(outputs)
         return self._steps.assign_add(1)
 
-    def _rare_step(self, kernel_grads, step, finite, first) -> tf.Tensor:
+    def _rare_step(self, kernel_grads, step, finite, first, outputs) -> tf.Tensor:
         exact = tf.cond(finite, lambda: step, lambda: self._finite_stats(kernel_grads))
+        # The epoch's first step index is 0 here; a non-finite one is _steps.
+        self._record_nonfinite(0, self._step_index(counted=False), exact[:, NONFINITE] > 0)
 
         def capture():
             for var, g in zip(self._captured, kernel_grads):
                 var.assign(tf.cast(g, var.dtype))
+            if outputs is not None:
+                self.activations.capture(outputs)
             return tf.constant(True)
 
         captured = tf.cond(first, capture, lambda: tf.constant(False))
         with tf.control_dependencies([captured]):
             return tf.identity(exact)
 
-    def _update_selecting(self, kernel_grads, due) -> None:
+    def _update_selecting(self, kernel_grads, due, outputs=None) -> None:
         # No tf.cond around assignments: assigning a mirrored variable in a
         # replica context is a merge_call, which TF refuses inside a cond
         # branch (every replica holds the same values), and XLA runs a
@@ -339,6 +388,11 @@ class GradientStats:
             step = tf.where(due, step, tf.zeros_like(step))
         for var, g in zip(self._captured, kernel_grads):
             var.assign(tf.where(first, tf.cast(g, var.dtype), var))
+        if outputs is not None:
+            self.activations.capture(outputs, first)
+            self.activations.update(outputs, due)
+        self._record_nonfinite(0, self._step_index(counted=False), step[:, NONFINITE] > 0)
+        self._peak.assign(tf.maximum(self._peak, step[:, MEAN_ABS]))
         self._sums.assign_add(step)
         if due is None:
             self._last.assign(step)
@@ -361,6 +415,21 @@ class GradientStats:
         means = tf.reshape(tf.stack(sums), [-1, 3]) * self._to_means
         std = tf.sqrt(tf.maximum(means[:, 2] - tf.square(means[:, 1]), 0.0))
         return tf.stack([means[:, 0], std, tf.zeros_like(std)], axis=1)
+
+    def _step_index(self, counted: bool = True) -> tf.Tensor:
+        # The index in the epoch of the step being run: counted=True once
+        # its statistics are added (_steps incremented), False before.
+        if self.stats_every > 1:
+            return self._seen.read_value() - 1
+        return self._steps.read_value() - (1 if counted else 0)
+
+    def _record_nonfinite(self, what: int, index, bad) -> None:
+        # Keeps the epoch's first non-finite gradient (what=0) or weight (1):
+        # the step's index and the first layer with one (bad: per layer).
+        new = tf.logical_and(tf.reduce_any(bad), self._first_bad[0] < 0)
+        layer = tf.argmax(tf.cast(bad, tf.int32), output_type=tf.int64)
+        value = tf.stack([tf.constant(what, tf.int64), tf.cast(index, tf.int64), layer])
+        self._first_bad.assign(tf.where(new, value, self._first_bad))
 
     def skip(self) -> None:
         """Counts a step whose gradients the optimizer did not apply (call
@@ -442,7 +511,12 @@ class GradientStats:
         if self.stats_every > 1:
             self._seen.assign(0)
         self._capture.assign(capture)
+        self._peak.assign(tf.zeros_like(self._peak))
+        self._first_bad.assign([-1, -1, -1])
         self.diagnostics.reset()
+        for part in (self.activations, self.clip):
+            if part is not None:
+                part.reset()
         if self.count_skips:
             self._skipped.assign(0)
 
@@ -462,7 +536,13 @@ class GradientStats:
         }
         if self.count_skips:
             out["skipped"] = self._skipped.read_value()
+        out["peak"] = self._peak.read_value()
+        out["first_nonfinite"] = self._first_bad.read_value()
+        out["seen"] = self._seen.read_value()
         out.update(self.diagnostics.snapshot_tensors())
+        for part in (self.activations, self.clip):
+            if part is not None:
+                out.update(part.snapshot_tensors())
         return out
 
     def epoch_stats(self, snapshot: dict | None = None) -> dict[str, np.ndarray]:
@@ -473,14 +553,16 @@ class GradientStats:
                 the variables (eager).
         """
         if snapshot is None:
-            steps, sums = self._steps.numpy(), self._sums.numpy()
+            steps, sums, peak = self._steps.numpy(), self._sums.numpy(), self._peak.numpy()
         else:
             steps, sums = snapshot["steps"], snapshot["sums"]
+            peak = snapshot.get("peak", sums[:, MEAN_ABS] * 0)
         n = np.float32(max(steps, 1))
         out = {
             "grad_mean_abs": sums[:, MEAN_ABS] / n,
             "grad_std": sums[:, STD] / n,
             "grad_nonfinite": sums[:, NONFINITE],
+            "grad_mean_abs_max": np.asarray(peak),
             "steps": steps,
         }
         if self.count_skips:
@@ -513,6 +595,7 @@ class GradientStats:
             tags.GRAD_MEAN_ABS: stats["grad_mean_abs"],
             tags.GRAD_STD: stats["grad_std"],
             tags.GRAD_NONFINITE: stats["grad_nonfinite"],
+            tags.GRAD_MEAN_ABS_MAX: stats["grad_mean_abs_max"],
             tags.WEIGHT_MEAN: np.array([k.mean() for k in kernels]),
             tags.WEIGHT_STD: np.array([k.std() for k in kernels]),
             tags.WEIGHT_L1: np.array([np.abs(k).sum() for k in kernels]),
@@ -529,6 +612,12 @@ class GradientStats:
         if kernels_at:
             scalars[tags.GRAD_LOG10_RATIO] = log10_ratio(stats["grad_mean_abs"], kernels_at[-1])
         scalars.update(self.diagnostics.epoch_scalars(snapshot))
+        named = {}
+        if self.activations is not None:
+            named.update(self.activations.epoch_values(snapshot, histograms))
+        if self.clip is not None:
+            named.update(self.clip.epoch_values(snapshot))
+        first = self._first_nonfinite(snapshot, kernels)
         if int(stats["steps"]) == 0:
             # No gradient was applied (every step skipped): nothing to average
             # or to bucket, rather than zeros that read as a dead gradient.
@@ -536,7 +625,26 @@ class GradientStats:
                 scalars.pop(family)  # every gradient family, not the weights'
             buckets.pop(tags.GRADIENTS, None)
             ratio = None
-        return EpochValues(scalars, buckets, ratio, int(stats["steps"]), stats.get("skipped"))
+        steps = int(stats["steps"])
+        if self.stats_every > 1:
+            seen = int(self._seen.numpy() if snapshot is None else snapshot["seen"])
+        else:
+            seen = steps
+        return EpochValues(scalars, buckets, ratio, steps, stats.get("skipped"), named, first, seen)
+
+    def _first_nonfinite(self, snapshot, kernels) -> dict | None:
+        # The epoch's first non-finite gradient or weight seen in a step,
+        # else a non-finite kernel at the end of the epoch (step None).
+        what, index, layer = (
+            self._first_bad.numpy() if snapshot is None else snapshot["first_nonfinite"]
+        )
+        if what >= 0 and self.layers:
+            kind = "gradient" if what == 0 else "weight"
+            return {"what": kind, "layer": self.names[int(layer)], "step": int(index)}
+        for name, kernel in zip(self.names, kernels):
+            if not np.isfinite(kernel).all():
+                return {"what": "weight", "layer": name, "step": None}
+        return None
 
     @property
     def kernel_names(self) -> list[str]:

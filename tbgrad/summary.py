@@ -54,6 +54,8 @@ class SummaryLogger:
         self.stats = stats
         self._metadata_due = False
         self.bucket_count = bucket_count
+        # The EpochValues of the last epoch written.
+        self.last_epoch_values = None
         self._writers: dict[str, tf.summary.SummaryWriter] = {}
         self._summaries: dict[tuple, summary_pb2.Summary] = {}
         self._step_fn = tf.function(self._write_step, reduce_retracing=True)
@@ -182,6 +184,7 @@ class SummaryLogger:
         if not self.stats.layers:
             return values
         epoch = self.stats.epoch_values(snapshot, histograms, self.bucket_count)
+        self.last_epoch_values = epoch
         if epoch.grad_ratio is not None:
             values.append((tags.GRAD_RATIO, epoch.grad_ratio))
         if epoch.skipped is not None:
@@ -193,7 +196,13 @@ class SummaryLogger:
                 values.append((tags.layer_tag(family, name), column[i]))
             for family, buckets in epoch.histograms.items():
                 values.append((tags.layer_tag(family, name), buckets[i]))
+        values += list(epoch.named.items())
         return values
+
+    def write_text(self, tag: str, text: str, step: int) -> None:
+        """Writes ``text`` (Markdown) to ``train/`` as a Text-dashboard tag."""
+        with tf.summary.record_if(True), self.writer(tags.TRAIN_DIR).as_default():
+            tf.summary.text(tag, text, step=step)
 
     def _write_step(self, step, batch):
         last = self.stats.last_step_tensors()

@@ -32,6 +32,26 @@ WEIGHT_L1 = "weight_l1"
 # (weight decay and clipping included), averaged over the epoch's steps;
 # about 1e-3 is the usual rule of thumb (tbgrad.diagnostics).
 UPDATE_RATIO = "update_ratio"
+# The epoch's largest per-step mean |g| of the kernel gradient: a one-step
+# spike the epoch average hides.
+GRAD_MEAN_ABS_MAX = "grad_mean_abs_max"
+# Activation health, from the outputs of the training forward pass
+# (tbgrad.diagnostics.ActivationHealth): for tanh and sigmoid layers the
+# share of saturated outputs, for relu layers the share of zero outputs and
+# of dead units (zero for every sample of the epoch); an output histogram.
+ACTIVATION_SATURATED = "activation_saturated"
+ACTIVATION_ZERO = "activation_zero"
+ACTIVATION_DEAD = "activation_dead"
+ACTIVATIONS = "activations"
+# With a clipping optimizer: the share of the epoch's steps in which
+# clipping changed the gradients, and their global norm before clipping
+# (the epoch's mean and largest).
+CLIP_SHARE = "clip/share"
+CLIP_NORM_BEFORE = "clip/norm_before"
+CLIP_NORM_BEFORE_MAX = "clip/norm_before_max"
+# Written once, as text, at the epoch where a gradient or weight first turned
+# NaN or Inf: which step, which layer.
+FIRST_NONFINITE = "first_nonfinite"
 # log10 of the layer's grad_mean_abs divided by the output layer's (the last
 # kernel's): 0 as strong as the output layer, -1 ten times weaker, -inf when
 # the layer's gradient is exactly 0. One Custom Scalars chart per layer.
@@ -65,6 +85,7 @@ EPOCH_SCALAR_FAMILIES = (
     GRAD_MEAN_ABS,
     GRAD_STD,
     GRAD_NONFINITE,
+    GRAD_MEAN_ABS_MAX,
     WEIGHT_MEAN,
     WEIGHT_STD,
     WEIGHT_L1,
@@ -80,7 +101,7 @@ TABLE = (
         f"`{TRAIN_DIR}/epoch_learning_rate`",
         "Scalars",
         "every epoch",
-        "training loss and accuracy (Keras's epoch averages) and the learning rate",
+        "Keras's epoch averages and the learning rate",
     ),
     (
         f"`{VALIDATION_DIR}/epoch_loss`, `{VALIDATION_DIR}/epoch_accuracy`",
@@ -92,8 +113,8 @@ TABLE = (
         f"`{TRAIN_DIR}/{GRADIENTS}/<layer>`",
         "Histograms, Distributions",
         "every `histogram_freq` epochs",
-        "histogram of the kernel gradient the optimizer applied in the first training "
-        "step of the epoch (finite entries only)",
+        "the kernel gradient the optimizer applied in the epoch's first step (finite "
+        "entries)",
     ),
     (
         f"`{TRAIN_DIR}/{WEIGHTS}/<layer>`",
@@ -105,14 +126,13 @@ TABLE = (
         f"`{TRAIN_DIR}/{GRAD_MEAN_ABS}/<layer>`",
         "Scalars, Gradient flow",
         "every epoch",
-        "mean \\|g\\| of the kernel gradient, averaged over every training step of the "
-        "epoch: the layer's gradient magnitude",
+        "mean \\|g\\| of the kernel gradient, averaged over every step of the epoch",
     ),
     (
         f"`{TRAIN_DIR}/{GRAD_STD}/<layer>`",
         "Scalars, Gradient flow",
         "every epoch",
-        "standard deviation of the kernel gradient, averaged over every training step of the epoch",
+        "standard deviation of the kernel gradient, averaged over the epoch's steps",
     ),
     (
         f"`{TRAIN_DIR}/{GRAD_LOG10_RATIO}/<layer>`",
@@ -122,10 +142,16 @@ TABLE = (
         "times weaker",
     ),
     (
+        f"`{TRAIN_DIR}/{GRAD_MEAN_ABS_MAX}/<layer>`",
+        "Scalars, Gradient flow",
+        "every epoch",
+        "the epoch's largest per-step mean \\|g\\|: spikes the epoch mean hides",
+    ),
+    (
         f"`{TRAIN_DIR}/{GRAD_NONFINITE}/<layer>`",
         "Scalars",
         "every epoch",
-        "number of NaN or Inf kernel-gradient entries in the epoch (0 in a healthy run)",
+        "NaN or Inf kernel-gradient entries in the epoch",
     ),
     (
         f"`{TRAIN_DIR}/{WEIGHT_MEAN}/<layer>`",
@@ -143,7 +169,7 @@ TABLE = (
         f"`{TRAIN_DIR}/{WEIGHT_L1}/<layer>`",
         "Scalars",
         "every epoch",
-        "L1 norm (sum of \\|w\\|) of the kernel: how much the layer has grown or changed",
+        "sum of \\|w\\| of the kernel",
     ),
     (
         f"`{TRAIN_DIR}/{UPDATE_RATIO}/<layer>`",
@@ -152,39 +178,70 @@ TABLE = (
         "\\|\\|Δw\\|\\| / \\|\\|w\\|\\| per step, epoch mean (near 1e-3 is usual)",
     ),
     (
+        f"`{TRAIN_DIR}/{ACTIVATION_SATURATED}/<layer>`",
+        "Scalars, Gradient flow",
+        "every epoch, tanh and sigmoid layers",
+        "share of outputs saturated in training steps (tanh \\|a\\| > 0.97; sigmoid "
+        "a < 0.03 or a > 0.97), epoch mean",
+    ),
+    (
+        f"`{TRAIN_DIR}/{ACTIVATION_ZERO}/<layer>`, `{TRAIN_DIR}/{ACTIVATION_DEAD}/<layer>`",
+        "Scalars, Gradient flow",
+        "every epoch, relu layers",
+        "share of outputs that are 0, epoch mean; share of units 0 for every sample of the "
+        "epoch (dead)",
+    ),
+    (
+        f"`{TRAIN_DIR}/{ACTIVATIONS}/<layer>`",
+        "Histograms",
+        "every `histogram_freq` epochs",
+        "the layer's outputs in the epoch's first training step",
+    ),
+    (
+        f"`{TRAIN_DIR}/{CLIP_SHARE}`, `{TRAIN_DIR}/{CLIP_NORM_BEFORE}`, "
+        f"`{TRAIN_DIR}/{CLIP_NORM_BEFORE_MAX}`",
+        "Scalars",
+        "every epoch, with clipping",
+        "share of steps where clipping changed the gradients; their global norm before "
+        "clipping (mean, max)",
+    ),
+    (
+        f"`{TRAIN_DIR}/{FIRST_NONFINITE}`",
+        "Text",
+        "once",
+        "the first step and layer whose gradient or weights turned NaN or Inf",
+    ),
+    (
         f"`{TRAIN_DIR}/{GRAD_RATIO}`",
         "Scalars",
         "every epoch",
-        f"`{GRAD_MEAN_ABS}` of the first kernel layer divided by that of the last (output) "
-        "layer; far below 1 means the gradient vanishes on its way to the input",
+        f"`{GRAD_MEAN_ABS}` of the first kernel layer over the output layer's",
     ),
     (
         f"`{TRAIN_DIR}/{GRAD_SKIPPED_STEPS}`",
         "Scalars",
         "every epoch, with a `LossScaleOptimizer`",
-        "steps of the epoch whose gradients the optimizer skipped (non-finite after loss "
-        "scaling); the gradient tags above average over the other steps, the histogram is "
-        "the first applied step's, and an epoch with no applied step has no gradient tags",
+        "steps the optimizer skipped (non-finite after loss scaling); the gradient tags "
+        "cover the applied steps only",
     ),
     (
         f"`{TRAIN_DIR}/batch_loss`, `{TRAIN_DIR}/batch_accuracy`",
         "Scalars",
-        "every N steps",
-        "running epoch average at the global step (only with `update_freq=N`)",
+        "every N steps (`update_freq=N`)",
+        "running epoch average at the global step",
     ),
     (
         f"`{TRAIN_DIR}/{BATCH_GRAD_MEAN_ABS}/<layer>`",
         "Scalars",
-        "every N steps",
-        "mean \\|g\\| of that one step's kernel gradient, at the global step (only with "
-        "`update_freq=N`)",
+        "every N steps (`update_freq=N`)",
+        "mean \\|g\\| of that step's kernel gradient",
     ),
     (
         f"`{VERDICT}`, `{VERDICT_WEAKEST_RATIO}`, `{VERDICT_STRONGEST_RATIO}`",
         "HParams, Scalars",
         "when a `tbgrad train` run ends",
-        "in the run folder itself: the verdict as a number (-1 vanishing, 0 healthy, 1 "
-        "exploding, 2 non-finite) and the two medians it compares with 0.1 and 100",
+        "in the run folder: the verdict (-1 vanishing, 0 healthy, 1 exploding, 2 "
+        "non-finite) and the medians it compares with 0.1 and 100",
     ),
 )
 
@@ -211,11 +268,22 @@ def batch_tag(metric: str) -> str:
     return f"{BATCH_PREFIX}{metric}"
 
 
-def layer_tags(layers: list[str], histograms: bool = True) -> dict[str, str]:
+# The activation-health families of a layer, by its activation.
+ACTIVATION_FAMILIES = {
+    "tanh": (ACTIVATION_SATURATED,),
+    "sigmoid": (ACTIVATION_SATURATED,),
+    "relu": (ACTIVATION_ZERO, ACTIVATION_DEAD),
+}
+
+
+def layer_tags(
+    layers: list[str], histograms: bool = True, activations: dict[str, str] | None = None
+) -> dict[str, str]:
     """Returns {tag: plugin} of the per-epoch layer tags for ``layers``.
 
     ``plugin`` is ``"histograms"`` or ``"scalars"``, the TensorBoard plugin
-    that shows the tag.
+    that shows the tag. ``activations`` maps layers to their activation
+    (``"tanh"``, ``"sigmoid"``, ``"relu"``) for the activation-health tags.
     """
     tags: dict[str, str] = {}
     if len(layers) >= 2:
@@ -226,4 +294,9 @@ def layer_tags(layers: list[str], histograms: bool = True) -> dict[str, str]:
                 tags[layer_tag(family, layer)] = "histograms"
         for family in EPOCH_SCALAR_FAMILIES:
             tags[layer_tag(family, layer)] = "scalars"
+    for layer, kind in (activations or {}).items():
+        for family in ACTIVATION_FAMILIES[kind]:
+            tags[layer_tag(family, layer)] = "scalars"
+        if histograms:
+            tags[layer_tag(ACTIVATIONS, layer)] = "histograms"
     return tags

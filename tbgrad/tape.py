@@ -54,6 +54,7 @@ def train_with_tape(
     verbose: int = 1,
     jit_compile: bool = False,
     variables: Literal["kernels", "all"] | Callable = KERNELS,
+    diagnostics: bool = True,
 ) -> dict[str, list[float]]:
     """Trains ``model`` with a compiled GradientTape loop and logs its gradients.
 
@@ -90,6 +91,8 @@ def train_with_tape(
         variables: ``"kernels"``, ``"all"`` or a predicate
             ``callable(variable) -> bool``: the trainable variables logged
             (see :func:`tbgrad.stats.tracked_variables`).
+        diagnostics: Also log update-to-weight ratios, saturated and dead
+            units and clipping (see :class:`tbgrad.GradientLogger`).
 
     Returns:
         The history: ``{"loss": [...], "accuracy": [...], "val_loss": ...}``.
@@ -106,7 +109,7 @@ def train_with_tape(
     train_ds = _train_dataset(x, y, batch_size, shuffle, shuffle_buffer, seed)
     val_ds = _validation_dataset(validation_data, validation_batch_size or batch_size)
     if log_dir is not None:
-        loop.log_to(log_dir, histogram_freq, update_freq, variables)
+        loop.log_to(log_dir, histogram_freq, update_freq, variables, diagnostics)
     return loop.fit(train_ds, val_ds, epochs, histogram_freq, verbose)
 
 
@@ -145,7 +148,7 @@ class _TapeLoop:
     def _scope(self):
         return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
 
-    def log_to(self, log_dir, histogram_freq, update_freq, variables):
+    def log_to(self, log_dir, histogram_freq, update_freq, variables, diagnostics=True):
         # The GradientLogger hooks the optimizer and makes the statistics (in
         # the model's strategy scope); the per-step batch_* scalars, which
         # need the loss and metrics, are written by after_step.
@@ -156,6 +159,7 @@ class _TapeLoop:
             variables=variables,
             optimizer=self.optimizer,
             jit_compile=self.jit,
+            diagnostics=diagnostics,
         )
         self.stats, self.logger = self.gradients.stats, self.gradients.summary
         self.update_freq = update_freq

@@ -82,6 +82,15 @@ class TensorBoard(keras.callbacks.TensorBoard):
             are then over those steps. For very large models, where the
             statistics cost more than a few percent of a step. Default 1:
             every step.
+        diagnostics: Also log the update-to-weight ratio per layer, the
+            saturated and dead units of each tanh, sigmoid or relu layer
+            (from the training forward pass) and, with a clipping optimizer,
+            how often clipping changed the gradients. False: the gradient
+            and weight statistics only (see :class:`tbgrad.GradientLogger`).
+
+    The first step and layer whose gradient or weights turn NaN or Inf are
+    in :attr:`first_nonfinite` after ``fit`` (and the text tag
+    ``first_nonfinite``).
 
     Example:
         >>> model.fit(x, y, epochs=10, validation_data=(xv, yv),
@@ -102,6 +111,7 @@ class TensorBoard(keras.callbacks.TensorBoard):
         *,
         variables: Literal["kernels", "all"] | Callable = KERNELS,
         stats_every: int = 1,
+        diagnostics: bool = True,
     ):
         check_keras_backend(f"tbgrad.{type(self).__name__}")
         _multi_worker.check_fit(f"tbgrad.{type(self).__name__}")
@@ -123,6 +133,8 @@ class TensorBoard(keras.callbacks.TensorBoard):
         )
         self.variables = variables
         self.stats_every = stats_every
+        self.diagnostics = bool(diagnostics)
+        self.first_nonfinite: dict | None = None
         self._gradients: GradientLogger | None = None
         self._hooked = False
         self._model_summary_due = False
@@ -153,6 +165,7 @@ class TensorBoard(keras.callbacks.TensorBoard):
             variables=self.variables,
             jit_compile=self.model.jit_compile,
             stats_every=self.stats_every,
+            diagnostics=self.diagnostics,
         )
         self._hooked = True
         # A train function traced before this fit would not call the hook.
@@ -222,6 +235,7 @@ class TensorBoard(keras.callbacks.TensorBoard):
         """
         if self._gradients is not None:
             self._gradients.close()
+            self.first_nonfinite = self._gradients.first_nonfinite
         if self._hooked:
             self._hooked = False
             # Later fits without this callback must not keep updating our stats.

@@ -9,6 +9,8 @@ Ways to train the same model on the same data, run side by side:
 * ``fit+tbgrad``: ``model.fit`` with tbgrad's callback (``histogram_freq=1``);
 * ``fit+tbgrad(h0)``: the callback with ``histogram_freq=0``;
 * ``fit+tbgrad(every8)``: the callback with ``stats_every=8``;
+* ``fit+tbgrad(no-diag)``: the callback with ``diagnostics=False`` (no
+  update ratios, activation health or clipping statistics);
 * ``fit+tbgrad(epoch-work)``: ``histogram_freq=0`` and the statistics'
   per-step update a no-op: what the callback costs besides the per-step
   statistics (its writers, reading the kernels back, weight statistics,
@@ -49,8 +51,9 @@ hook (:data:`STEP_VARIANTS`, and any form of :mod:`tbgrad.lab.stat_forms`),
 in alternating rounds of many steps, and prints the median wall and CPU ms
 per step and the ratio of each to the plain step; ``step(A/A)`` is the plain
 step timed twice. ``step+stats`` is what the hook does in ``fit``: the
-gradient statistics and the update-to-weight ratios; ``step+grad-stats`` and
-the forms leave the update ratios out.
+gradient statistics, the update-to-weight ratios and the activation health;
+``step+stats(no-act)`` leaves out the activation health,
+``step+grad-stats`` (``diagnostics=False``) and the forms both.
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ VARIANTS = (
     "fit+tbgrad",
     "fit+tbgrad(h0)",
     "fit+tbgrad(every8)",
+    "fit+tbgrad(no-diag)",
     "fit+tbgrad(epoch-work)",
     "fit-xla",
     "fit-xla+tbgrad",
@@ -244,10 +248,12 @@ def _keras_tensorboard(log_dir):
     return keras.callbacks.TensorBoard(log_dir, histogram_freq=1)
 
 
-def _tbgrad_callback(log_dir, histogram_freq=1, stats_every=1):
+def _tbgrad_callback(log_dir, histogram_freq=1, stats_every=1, diagnostics=True):
     from tbgrad.gradient_tensorboard import GradientTensorBoard
 
-    return GradientTensorBoard(log_dir, histogram_freq=histogram_freq, stats_every=stats_every)
+    return GradientTensorBoard(
+        log_dir, histogram_freq=histogram_freq, stats_every=stats_every, diagnostics=diagnostics
+    )
 
 
 def _epoch_work_callback(log_dir):
@@ -346,6 +352,7 @@ RUNNERS: dict[str, Callable] = {
     "fit+tbgrad": _run_fit(_tbgrad_callback),
     "fit+tbgrad(h0)": _run_fit(functools.partial(_tbgrad_callback, histogram_freq=0)),
     "fit+tbgrad(every8)": _run_fit(functools.partial(_tbgrad_callback, stats_every=8)),
+    "fit+tbgrad(no-diag)": _run_fit(functools.partial(_tbgrad_callback, diagnostics=False)),
     "fit+tbgrad(epoch-work)": _run_fit(_epoch_work_callback),
     "fit-xla": _run_fit(None, jit_compile=True),
     "fit-xla+tbgrad": _run_fit(_tbgrad_callback, jit_compile=True),
@@ -507,6 +514,7 @@ STEP_VARIANTS = (
     "step",
     "step(A/A)",
     "step+stats",
+    "step+stats(no-act)",
     "step+grad-stats",
     "step+stats(every8)",
     "step-xla",
@@ -514,9 +522,11 @@ STEP_VARIANTS = (
 )
 # The plain steps every hooked step is compared with; both are always run.
 STEP_FLOORS = ("step", "step(A/A)")
-# Step variants whose statistics leave out the update-to-weight ratios
-# (GradientStats.diagnostics): the gradient statistics alone, and every form.
+# Step variants whose statistics leave out the diagnostics (update ratios,
+# activation health): the gradient statistics alone, and every form.
 GRADIENTS_ONLY = ("step+grad-stats",)
+# Step variants with the update ratios but without the activation health.
+NO_ACTIVATIONS = ("step+stats(no-act)",)
 # The names of tbgrad.lab.stat_forms.FORMS (listed here: the command line
 # checks its flags before TensorFlow is imported).
 FORMS = ("before", "lowered-cond", "two-conds", "xla-sums", "no-cond")
@@ -575,7 +585,7 @@ def _stats_factory(name: str):
 
     if name.startswith("step+") and name[len("step+") :] in FORMS:
         return FORMS[name[len("step+") :]]
-    if "+stats" not in name:
+    if "+stats" not in name and name not in GRADIENTS_ONLY:
         return None
     if name.endswith("(every8)"):
         return functools.partial(GradientStats, stats_every=8)
@@ -592,6 +602,7 @@ def _train_step(model, optimizer, batch, name: str):
     import keras
     import tensorflow as tf
 
+    from tbgrad.diagnostics import activation_layers
     from tbgrad.hook import OptimizerHook
     from tbgrad.stats import kernel_layers
 
@@ -610,12 +621,24 @@ def _train_step(model, optimizer, batch, name: str):
     if make_stats is None:
         compiled(*batch)
     else:
-        stats = make_stats(kernel_layers(model), jit_compile=xla)
+        layers = kernel_layers(model)
+        if _gradients_only(name) or name in NO_ACTIVATIONS:
+            stats = make_stats(layers, jit_compile=xla)
+        else:
+            stats = make_stats(layers, jit_compile=xla, activations=activation_layers(model, layers))
         if _gradients_only(name):
             stats.diagnostics = None  # the hook then measures no update ratio
-        # The hook is read when the step is traced: trace it installed.
-        with OptimizerHook(optimizer, stats):
-            compiled(*batch)
+        activations = getattr(stats, "activations", None)
+        if activations is not None:
+            activations.install()
+        # The hook and the activations' wrappers are read when the step is
+        # traced: trace it with them installed.
+        try:
+            with OptimizerHook(optimizer, stats):
+                compiled(*batch)
+        finally:
+            if activations is not None:
+                activations.remove()
     return compiled
 
 

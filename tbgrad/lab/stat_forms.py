@@ -84,13 +84,13 @@ class Before(GradientStats):
 class LoweredCond(GradientStats):
     """The library's form, its cond lowered to Switch/Merge."""
 
-    def _update_step(self, kernel_grads) -> tf.Tensor:
+    def _update_step(self, kernel_grads, outputs=None) -> tf.Tensor:
         step = self._fast_stats(kernel_grads)
         finite = tf.reduce_all(tf.math.is_finite(step))
         first = tf.logical_and(tf.equal(self._steps, 0), self._capture)
         step = tf.cond(
             tf.logical_or(first, tf.logical_not(finite)),
-            lambda: self._rare_step(kernel_grads, step, finite, first),
+            lambda: self._rare_step(kernel_grads, step, finite, first, None),
             lambda: step,
         )
         _add(self, step)

@@ -116,15 +116,18 @@ def test_both_runs_and_the_plugins_are_served(server):
         assert listing[plugin]["enabled"], plugin
 
 
-def test_gradient_histogram_and_scalar_tags_are_identical_in_both_runs(server, logdir):
+def test_every_histogram_and_scalar_tag_of_both_runs_is_served(server, logdir):
     histograms = _get(server, "/data/plugin/histograms/tags")
     scalars = _get(server, "/data/plugin/scalars/tags")
-    expected = tags.layer_tags(LAYERS)
-    want_histograms = {t for t, p in expected.items() if p == "histograms"}
-    want_scalars = {t for t, p in expected.items() if p == "scalars"} | {
-        tags.epoch_tag(m) for m in ("loss", "accuracy", "learning_rate")
-    }
-    for name in RUNS:
+    for name, flags in RUNS.items():
+        act = flags[flags.index("--act") + 1]
+        expected = tags.layer_tags(
+            LAYERS, activations={"hidden_1": act, "hidden_2": act, "output": "sigmoid"}
+        )
+        want_histograms = {t for t, p in expected.items() if p == "histograms"}
+        want_scalars = {t for t, p in expected.items() if p == "scalars"} | {
+            tags.epoch_tag(m) for m in ("loss", "accuracy", "learning_rate")
+        }
         assert set(histograms[f"{name}/train"]) == want_histograms
         assert set(scalars[f"{name}/train"]) == want_scalars
         assert set(scalars[f"{name}/validation"]) == {"epoch_loss", "epoch_accuracy"}

@@ -184,3 +184,36 @@ def test_update_step_calls_after_once_the_weights_moved():
     opt.apply([tf.constant([1.0, 2.0])], [var])
     np.testing.assert_array_equal(after, [[0.5, 0.0]])
     _compat.unwrap_update_step(opt)
+
+
+def test_keras_training_reads_the_outer_calls_training_flag():
+    seen = []
+
+    class Probe(keras.layers.Layer):
+        def call(self, x):
+            seen.append(_compat.keras_training())
+            return x
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2), Probe()])
+    x = np.ones((1, 2), "float32")
+    seen.clear()  # building the model called it symbolically
+    model(x, training=True)
+    model(x, training=False)
+    model(x)
+    assert seen == [True, False, False], f"{_compat.KERAS_CALL_CONTEXT}: {seen}"
+
+
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid", "relu"])
+def test_wrap_activation_sees_the_outputs_and_keeps_the_config(activation):
+    layer = keras.layers.Dense(3, activation=activation)
+    layer.build((None, 2))
+    config = layer.get_config()
+    outputs = []
+    assert _compat.wrap_activation(layer, outputs.append)
+    assert not _compat.wrap_activation(layer, outputs.append)  # never twice
+    y = layer(np.ones((4, 2), "float32"))
+    assert len(outputs) == 1
+    np.testing.assert_array_equal(np.asarray(outputs[0]), np.asarray(y))
+    assert layer.get_config() == config  # the wrapper serialises as the original
+    _compat.unwrap_activation(layer)
+    assert layer.activation is getattr(keras.activations, activation)

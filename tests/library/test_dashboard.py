@@ -228,7 +228,15 @@ def test_runs_lists_layers_in_model_order_and_the_verdicts(server, logdir):
         assert run["run"] == f"{name}/{tags.TRAIN_DIR}"
         assert run["layers"] == LAYERS and run["layer_order"] == "summary"
         assert run["statistics"][:3] == [tags.GRAD_MEAN_ABS, tags.GRAD_STD, tags.WEIGHT_STD]
-        assert set(run["statistics"]) == set(tags.EPOCH_SCALAR_FAMILIES)
+        # Activation health: the sigmoid output saturates or not, the
+        # hidden layers' families follow their activation.
+        hidden = (
+            [tags.ACTIVATION_ZERO, tags.ACTIVATION_DEAD]
+            if RUNS[name][0] == "relu"
+            else [tags.ACTIVATION_SATURATED]
+        )
+        expected_families = {*tags.EPOCH_SCALAR_FAMILIES, tags.ACTIVATION_SATURATED, *hidden}
+        assert set(run["statistics"]) == expected_families
         # The verdict is verdict.py's, read from the same event files.
         expected = verdict.verdict_of(logdir / name)
         assert run["verdict"]["label"] == expected.label

@@ -59,6 +59,10 @@ def test_two_replicas_log_the_single_device_gradients(runs, loop):
             )
         for tag in a.histograms:
             assert b.steps(tag) == a.steps(tag), tag
+            if tag.startswith(tags.ACTIVATIONS + "/"):
+                # A replica's outputs are its half of the batch: the
+                # histogram is the first replica's (tbgrad.diagnostics).
+                continue
             for (_, ha), (_, hb) in zip(a.histograms[tag], b.histograms[tag]):
                 np.testing.assert_allclose(hb[:, :2], ha[:, :2], rtol=TOL, atol=TOL, err_msg=tag)
                 np.testing.assert_array_equal(hb[:, 2], ha[:, 2], err_msg=tag)

@@ -15,6 +15,7 @@ from tbgrad.eventlog import find_runs, load_run
 
 EPOCHS = 2
 LAYERS = ["h", "out"]
+ACTIVATIONS = {"h": "tanh", "out": "sigmoid"}
 # The acceptance's arguments: every one of Keras's, with Keras's meaning.
 KERAS_ARGS = dict(
     histogram_freq=1,
@@ -80,12 +81,12 @@ def test_acceptance_writes_what_keras_writes_and_the_gradient_tags(tmp_path):
     }
     assert ours.train.plugins == {
         **keras_train,
-        **tags.layer_tags(LAYERS),
+        **tags.layer_tags(LAYERS, activations=ACTIVATIONS),
         layout.LAYOUT_TAG: "custom_scalars",
         dashboard_metadata.LAYERS_TAG: dashboard_metadata.PLUGIN_NAME,
     }
     assert ours.validation.plugins == {"epoch_loss": "scalars", "epoch_accuracy": "scalars"}
-    for tag in ("epoch_steps_per_second", *tags.layer_tags(LAYERS)):
+    for tag in ("epoch_steps_per_second", *tags.layer_tags(LAYERS, activations=ACTIVATIONS)):
         assert ours.train.steps(tag) == list(range(EPOCHS)), tag
     assert (ours.train.scalar("epoch_steps_per_second") > 0).all()
     # One writer per folder, shared by Keras's tags and tbgrad's.

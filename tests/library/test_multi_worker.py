@@ -122,6 +122,10 @@ def test_logged_values_equal_single_device(runs, run):
                 b.scalar(tag), a.scalar(tag), rtol=TOL, atol=TOL, err_msg=tag
             )
         for tag in a.histograms:
+            if tag.startswith(tags.ACTIVATIONS + "/"):
+                # A worker's outputs are its part of the batch: the
+                # histogram is the chief's part (tbgrad.diagnostics).
+                continue
             for (_, ha), (_, hb) in zip(a.histograms[tag], b.histograms[tag]):
                 np.testing.assert_allclose(hb[:, :2], ha[:, :2], rtol=TOL, atol=TOL, err_msg=tag)
                 np.testing.assert_array_equal(hb[:, 2], ha[:, 2], err_msg=tag)

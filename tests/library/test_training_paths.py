@@ -17,6 +17,7 @@ BATCH = 64
 LR = 0.05
 N = 200  # 3 steps of 64 and one of 8 per epoch
 LAYERS = ["hidden_1", "hidden_2", "output"]
+ACTIVATIONS = {"hidden_1": "tanh", "hidden_2": "tanh", "output": "sigmoid"}
 # model.fit with the callback, one step per call and three (the 4 steps of an
 # epoch run as executions of 3 and 1); train_with_tape without and with XLA.
 LOOPS = ["fit", "fit+spe", "tape", "tape+xla"]
@@ -82,7 +83,7 @@ def test_every_tag_in_the_right_folder_and_plugin(runs, loop):
     run, _, path = runs[0][loop]
     expected = {
         **{tags.epoch_tag(m): "scalars" for m in ("loss", "accuracy", "learning_rate")},
-        **tags.layer_tags(LAYERS),
+        **tags.layer_tags(LAYERS, activations=ACTIVATIONS),
     }
     assert run.train.plugins == {
         **expected,
