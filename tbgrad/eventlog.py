@@ -42,6 +42,8 @@ class SplitData:
     # The layers' kernels named by the run's layer-order summary (None: the
     # run has no such summary, or it names none).
     kernels: list[str] | None = None
+    # The text tag tags.FIRST_NONFINITE: (epoch, its line), or None.
+    first_nonfinite: tuple[int, str] | None = None
 
     def scalar(self, tag: str) -> np.ndarray:
         """The values of ``tag`` in step order."""
@@ -94,6 +96,9 @@ def load_split(path: str | os.PathLike) -> SplitData:
                     out.histograms.setdefault(tag, []).append((event.step, _array(value.tensor)))
                 elif plugin == dashboard_metadata.PLUGIN_NAME and value.tensor.string_val:
                     out.kernels = dashboard_metadata.parse_kernels(value.tensor.string_val[0])
+                elif tag == tags.FIRST_NONFINITE and value.tensor.string_val:
+                    text = value.tensor.string_val[0].decode("utf-8", "replace")
+                    out.first_nonfinite = (event.step, text)
     return out
 
 

@@ -343,10 +343,10 @@ def describe_nonfinite(found: dict) -> str:
     (:attr:`GradientLogger.first_nonfinite`)."""
     what = "gradient" if found["what"] == "gradient" else "weights"
     if found["step"] is None:
-        return f"{found['layer']}: {what} NaN or Inf by the end of epoch {found['epoch']}"
+        return f"{found['layer']} {what} NaN or Inf by the end of epoch {found['epoch']}"
     return (
-        f"{found['layer']}: {what} NaN or Inf first at step {found['step']} "
-        f"(epoch {found['epoch']}, its step {found['step_in_epoch']})"
+        f"{found['layer']} {what} turned NaN or Inf at step {found['step']} "
+        f"(epoch {found['epoch']}, step {found['step_in_epoch']} of the epoch)"
     )
 
 

@@ -218,6 +218,9 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
         # "why: ..." and, when there is something to try, "try: ...".
         for line in found["explanation"]["text"].splitlines():
             print(f"  {line}")
+    first = result.extra.get("first_nonfinite")
+    if first is not None:
+        print(f"first NaN or Inf: {first['where']}")
     print(f"view: tensorboard --logdir {_shown(args.logdir)}")
     return 0
 

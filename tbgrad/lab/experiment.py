@@ -13,7 +13,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tbgrad import _multi_worker, _paths
+from tbgrad import _multi_worker, _paths, tags
+from tbgrad.eventlog import load_split
 from tbgrad.gradient_tensorboard import GradientTensorBoard
 from tbgrad.hparams import write_hparams, write_verdict
 from tbgrad.lab.config import HPARAM_DOMAINS, RunConfig
@@ -244,6 +245,9 @@ def _result(config: RunConfig, run_dir, data, model, history: dict, seconds: flo
     if epochs:
         write_verdict(run_dir, found, step=epochs - 1)
     result.extra["verdict"] = found.to_dict()
+    first = load_split(_paths.join(run_dir, tags.TRAIN_DIR)).first_nonfinite
+    if first is not None:
+        result.extra["first_nonfinite"] = {"epoch": first[0], "where": first[1]}
     return result
 
 

@@ -200,3 +200,20 @@ def test_logdir_that_is_a_file(tmp_path, capsys):
         f"'{target}' is not a directory"
     )
     assert target.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("loop", ["fit", "tape"])
+def test_first_nonfinite_is_printed_and_kept_in_the_run(tmp_path, loop):
+    # A learning rate of 1e30 turns the first update's weights Inf.
+    proc = run_train(
+        "--depth", "2", "--epochs", "2", "--lr", "1e30", "--loop", loop,
+        "--logdir", str(tmp_path), "--quiet",
+    )
+    assert proc.returncode == 0, proc.stderr
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    where = "hidden_1 weights turned NaN or Inf at step 0 (epoch 0, step 0 of the epoch)"
+    assert f"first NaN or Inf: {where}\n" in proc.stdout
+    result = json.loads((run_dir / "tbgrad_run.json").read_text())
+    assert result["first_nonfinite"] == {"epoch": 0, "where": where}
+    assert result["verdict"]["label"] == "non-finite"
+    assert load_run(run_dir).train.first_nonfinite == (0, where)

@@ -195,7 +195,7 @@ def test_first_nonfinite_gradient_step_and_layer(tmp_path, loop):
     if loop == "fit":
         assert first == expected
     text = _texts(tmp_path / "train")
-    assert text == {0: "hidden_1: gradient NaN or Inf first at step 2 (epoch 0, its step 2)"}
+    assert text == {0: "hidden_1 gradient turned NaN or Inf at step 2 (epoch 0, step 2 of the epoch)"}
 
 
 def test_first_nonfinite_weight_from_an_overflowing_update(tmp_path):
