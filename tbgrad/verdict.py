@@ -61,13 +61,6 @@ EXPLODING_ABOVE = 100.0
 
 # -- the explanation's supporting signals (docs/verdict.md, "Explanations") ------
 
-# Per-layer families the explanation reads besides grad_mean_abs.
-ACTIVATION_SATURATED = "activation_saturated"
-ACTIVATION_ZERO = "activation_zero"
-ACTIVATION_DEAD = "activation_dead"
-GRAD_MEAN_ABS_MAX = "grad_mean_abs_max"
-CLIP_SHARE = "clip/share"
-CLIP_NORM_BEFORE_MAX = "clip/norm_before_max"
 # A tanh or sigmoid layer is called saturated when over 35% of its outputs
 # sit on the flat tails (median over the epochs concerned), where the local
 # slope is below 0.06. Measured (docs/verdict.md): the layers of A2 that
@@ -244,8 +237,9 @@ def run_verdict(run) -> Verdict:
     found = judge(layers, losses, nonfinite)
     epochs = train.steps(prefix + next(iter(layers))) if layers else []
     scalars = {tag: dict(series) for tag, series in train.scalars.items()}
-    config = getattr(run, "hparams", None) or {}
-    return replace(found, explanation=explain_figures(found, layers, epochs, scalars, config))
+    config = run.hparams
+    why = explain_figures(found, layers, epochs, scalars, config, train.first_nonfinite)
+    return replace(found, explanation=why)
 
 
 def explain_figures(
@@ -254,6 +248,7 @@ def explain_figures(
     epochs: Sequence[int],
     scalars: Mapping[str, Mapping[int, float]],
     config: Mapping[str, object] | None = None,
+    first_nonfinite: tuple[int, str] | None = None,
 ) -> Explanation:
     """The :class:`Explanation` of ``found``, the verdict of these figures.
 
@@ -267,6 +262,9 @@ def explain_figures(
             ``grad_nonfinite`` and ``clip/*`` tags that were logged.
         config: The run's HParams (``act``, ``init``, ...), when known; the
             suggestion names them.
+        first_nonfinite: ``(epoch, where)`` of the run's first NaN or Inf
+            (:attr:`tbgrad.eventlog.SplitData.first_nonfinite`), a note of a
+            non-finite verdict.
     """
     names = list(grad_mean_abs)
     epochs = [int(e) for e in epochs]
@@ -284,6 +282,8 @@ def explain_figures(
         }
     )
     notes = tuple(note for _, note in flags.values())
+    if found.label == NON_FINITE and first_nonfinite is not None:
+        notes = (f"first NaN or Inf in epoch {first_nonfinite[0]}: {first_nonfinite[1]}", *notes)
     suggestion = _suggest(found.label, layers, flags, dict(config or {}))
     span = (window[0], window[-1]) if window else None
     return Explanation(rule, tuple(layers), span, signals, notes, suggestion)
@@ -400,17 +400,17 @@ def _signals(hidden: list[str], focus: list[str], window: list[int], scalars):
     ``{name: (layers, note)}`` of those past their thresholds."""
     signals: dict[str, float] = {}
     flags: dict[str, tuple[list[str], str]] = {}
-    saturated = _medians(ACTIVATION_SATURATED, hidden, window, scalars)
+    saturated = _medians(tags.ACTIVATION_SATURATED, hidden, window, scalars)
     if saturated:
         signals["saturated"] = float(np.mean(_focused(saturated, focus)))
         over = [n for n, v in saturated.items() if v > SATURATED_ABOVE]
         if over:
             share = np.mean([saturated[n] for n in over])
             flags["saturated"] = (over, f"{layer_span(over)} saturated ({share:.0%})")
-    zero = _medians(ACTIVATION_ZERO, hidden, window, scalars)
+    zero = _medians(tags.ACTIVATION_ZERO, hidden, window, scalars)
     if zero:
         signals["zero"] = float(np.mean(_focused(zero, focus)))
-    dead = _medians(ACTIVATION_DEAD, hidden, window, scalars)
+    dead = _medians(tags.ACTIVATION_DEAD, hidden, window, scalars)
     if dead:
         signals["dead"] = max(dead.values())
         over = [n for n, v in dead.items() if v > DEAD_ABOVE]
@@ -447,16 +447,16 @@ def _spike_and_clip(layers: list[str], window: list[int], scalars, signals: dict
     """The largest per-step mean |g| over its epoch mean, and the clipped share."""
     spikes = []
     for layer in layers:
-        top = scalars.get(tags.layer_tag(GRAD_MEAN_ABS_MAX, layer)) or {}
+        top = scalars.get(tags.layer_tag(tags.GRAD_MEAN_ABS_MAX, layer)) or {}
         mean = scalars.get(tags.layer_tag(tags.GRAD_MEAN_ABS, layer)) or {}
         spikes += [top[e] / mean[e] for e in window if e in top and mean.get(e, 0) > 0]
     if spikes:
         signals["grad_spike"] = float(np.nanmax(spikes))
-    share = scalars.get(CLIP_SHARE) or {}
+    share = scalars.get(tags.CLIP_SHARE) or {}
     clipped = [share[e] for e in window if e in share]
     if clipped:
         signals["clipped"] = float(np.mean(clipped))
-    norms = scalars.get(CLIP_NORM_BEFORE_MAX) or {}
+    norms = scalars.get(tags.CLIP_NORM_BEFORE_MAX) or {}
     if any(e in norms for e in window):
         signals["clip_norm_before_max"] = float(max(norms[e] for e in window if e in norms))
 

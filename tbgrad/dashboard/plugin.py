@@ -93,13 +93,13 @@ LINEAR_STATISTICS = (tags.WEIGHT_MEAN, tags.GRAD_NONFINITE, tags.GRAD_LOG10_RATI
 # Per-layer families and run-level tags the verdict's explanation reads
 # (tbgrad.verdict.explain_figures), besides grad_mean_abs and grad_nonfinite.
 EXPLANATION_FAMILIES = (
-    verdict.ACTIVATION_SATURATED,
-    verdict.ACTIVATION_ZERO,
-    verdict.ACTIVATION_DEAD,
-    verdict.GRAD_MEAN_ABS_MAX,
+    tags.ACTIVATION_SATURATED,
+    tags.ACTIVATION_ZERO,
+    tags.ACTIVATION_DEAD,
+    tags.GRAD_MEAN_ABS_MAX,
     tags.UPDATE_RATIO,
 )
-RUN_EXPLANATION_TAGS = (verdict.CLIP_SHARE, verdict.CLIP_NORM_BEFORE_MAX)
+RUN_EXPLANATION_TAGS = (tags.CLIP_SHARE, tags.CLIP_NORM_BEFORE_MAX)
 OUTPUT_LAYER = "output"
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("", "0", "false", "no", "off")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tbgrad import tags
 from tbgrad.lab import reported
 from tbgrad.lab.averages import geomean
 from tbgrad.lab.config import RunConfig, make_config
@@ -28,8 +29,6 @@ from tbgrad.lab.experiment import RESULT_FILE
 from tbgrad.lab.glorot_check import flatness
 from tbgrad.lab.reported import MARGIN, NOTES, REPORTED, REPORTED_NUMBERS
 from tbgrad.verdict import (
-    ACTIVATION_DEAD,
-    ACTIVATION_SATURATED,
     DEAD_ABOVE,
     SATURATED_ABOVE,
     VANISHING,
@@ -264,9 +263,9 @@ def deep_layer_signals(run) -> dict:
     deep = hidden[len(hidden) // 2 :]
     out: dict = {"layers": deep}
     for key, family in (
-        ("saturated", ACTIVATION_SATURATED),
-        ("dead", ACTIVATION_DEAD),
-        ("update_ratio", "update_ratio"),
+        ("saturated", tags.ACTIVATION_SATURATED),
+        ("dead", tags.ACTIVATION_DEAD),
+        ("update_ratio", tags.UPDATE_RATIO),
     ):
         medians = [
             float(np.median(values))

@@ -5,7 +5,9 @@ values written; then a real tiny run."""
 from __future__ import annotations
 
 import json
+import math
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -70,7 +72,7 @@ def vanishing_in_the_last_two(rng) -> dict[str, list[float]]:
         "hidden_3": rng.uniform(0.85, 0.99, EPOCHS),
         "hidden_4": rng.uniform(0.9, 1.0, EPOCHS),
     }
-    scalars |= family(verdict.ACTIVATION_SATURATED, {k: list(v) for k, v in saturated.items()})
+    scalars |= family(tags.ACTIVATION_SATURATED, {k: list(v) for k, v in saturated.items()})
     scalars |= family(tags.UPDATE_RATIO, {n: list(rng.uniform(1e-4, 1e-3, EPOCHS)) for n in HIDDEN})
     return scalars
 
@@ -145,7 +147,7 @@ def test_vanishing_without_saturation_suggests_from_the_config(tmp_path, act, in
 def healthy_relu(dead: list[float], update: float = 1e-3) -> dict[str, list[float]]:
     scalars = gradients({n: [0.5] * EPOCHS for n in HIDDEN})
     scalars |= family(
-        verdict.ACTIVATION_DEAD,
+        tags.ACTIVATION_DEAD,
         {
             "hidden_1": [0.0] * EPOCHS,
             "hidden_2": dead,
@@ -153,7 +155,7 @@ def healthy_relu(dead: list[float], update: float = 1e-3) -> dict[str, list[floa
             "hidden_4": [0.0] * EPOCHS,
         },
     )
-    scalars |= family(verdict.ACTIVATION_ZERO, {n: [0.5] * EPOCHS for n in HIDDEN})
+    scalars |= family(tags.ACTIVATION_ZERO, {n: [0.5] * EPOCHS for n in HIDDEN})
     scalars |= family(tags.UPDATE_RATIO, {n: [update] * EPOCHS for n in HIDDEN})
     return scalars
 
@@ -205,8 +207,8 @@ def test_exploding_names_the_strong_layer_spikes_and_clipping(tmp_path):
         f"grad_mean_abs_max/{n}": list(np.array(written[f"grad_mean_abs/{n}"]) * peaks)
         for n in HIDDEN
     }
-    written[verdict.CLIP_SHARE] = list(np.linspace(0, 0.9, EPOCHS))
-    written[verdict.CLIP_NORM_BEFORE_MAX] = list(np.linspace(5, 50, EPOCHS))
+    written[tags.CLIP_SHARE] = list(np.linspace(0, 0.9, EPOCHS))
+    written[tags.CLIP_NORM_BEFORE_MAX] = list(np.linspace(5, 50, EPOCHS))
     found = verdict_of(write_run(tmp_path, written, {"act": "tanh", "init": "normal"}))
     why = found.explanation
     assert found.label == "exploding"
@@ -214,10 +216,10 @@ def test_exploding_names_the_strong_layer_spikes_and_clipping(tmp_path):
     # Over the epochs concerned (0-7) and the layer concerned.
     np.testing.assert_allclose(why.signals["grad_spike"], peaks[:8].max(), rtol=1e-6)
     np.testing.assert_allclose(
-        why.signals["clipped"], np.mean(written[verdict.CLIP_SHARE][:8]), rtol=1e-6
+        why.signals["clipped"], np.mean(written[tags.CLIP_SHARE][:8]), rtol=1e-6
     )
     np.testing.assert_allclose(
-        why.signals["clip_norm_before_max"], written[verdict.CLIP_NORM_BEFORE_MAX][7], rtol=1e-6
+        why.signals["clip_norm_before_max"], written[tags.CLIP_NORM_BEFORE_MAX][7], rtol=1e-6
     )
     assert why.suggestion == (
         "lower the learning rate or clip the gradients (clipnorm=1.0); RandomNormal(0, 1) "
@@ -229,7 +231,16 @@ def test_non_finite_names_the_layers_and_epochs_with_nan(tmp_path):
     written = gradients({n: [0.5] * EPOCHS for n in HIDDEN})
     written |= family(tags.GRAD_NONFINITE, {n: [0.0] * EPOCHS for n in HIDDEN})
     written["grad_nonfinite/hidden_2"] = [0, 0, 0, 4, 7, 0, 0, 0, 0, 0]
-    found = verdict_of(write_run(tmp_path, written))
+    write_run(tmp_path, written)
+    # The library's text tag of the first NaN or Inf, at its epoch.
+    writer = tf.summary.create_file_writer(str(tmp_path / tags.TRAIN_DIR))
+    with writer.as_default():
+        tf.summary.text(tags.FIRST_NONFINITE, "gradient of hidden_2, step 98", step=3)
+    writer.close()
+    found = verdict_of(tmp_path)
+    assert found.explanation.notes == (
+        "first NaN or Inf in epoch 3: gradient of hidden_2, step 98",
+    )
     assert found.label == "non-finite"
     assert found.explanation.layers == ("hidden_2",)
     assert found.explanation.epochs == (3, 4)
@@ -280,6 +291,40 @@ def test_layer_span(layers, text):
 def test_explanation_str_without_a_suggestion_is_one_line():
     assert str(Explanation("rule")) == "why: rule"
     assert "\n" in str(Explanation("rule", suggestion="do this"))
+
+
+def test_real_run_saturation_signal_matches_the_logged_scalars(tmp_path, circles):
+    """A tiny tanh model with all-positive weights: the explanation's figures
+    are the medians of the activation_saturated scalars the run logged."""
+    keras.utils.set_random_seed(4)
+    model = tbgrad.lab.build_mlp(depth=3, width=8, activation="tanh", init="uniform01")
+    model.compile(keras.optimizers.SGD(0.01), "binary_crossentropy")
+    model.fit(
+        circles.x_train,
+        circles.y_train,
+        epochs=4,
+        batch_size=64,
+        verbose=0,
+        callbacks=[tbgrad.TensorBoard(tmp_path, histogram_freq=0)],
+    )
+    run = load_run(tmp_path)
+    found = verdict_of(tmp_path)
+    why = found.explanation
+    kernels = run.train.kernels
+    hidden = kernels[:-1]
+    # Independently: the epochs where some hidden layer is below 0.1 x the
+    # output layer (all epochs unless vanishing), each layer's median there.
+    g = np.stack([run.train.scalar(f"grad_mean_abs/{n}") for n in kernels], axis=1)
+    below = (g[:, :-1] / g[:, -1:] < verdict.VANISHING_BELOW).any(axis=1)
+    rows = np.flatnonzero(below) if found.label == "vanishing" else np.arange(len(g))
+    sat = {n: np.median(run.train.scalar(f"activation_saturated/{n}")[rows]) for n in hidden}
+    assert all(0 <= v <= 1 for v in sat.values())
+    focus = list(why.layers) or hidden
+    expected = np.mean([sat[n] for n in focus])
+    np.testing.assert_allclose(why.signals["saturated"], expected, rtol=1e-6)
+    flagged = [n for n in hidden if sat[n] > SATURATED_ABOVE]
+    assert bool(flagged) == any("saturated" in note for note in why.notes)
+    assert math.isfinite(why.signals["update_ratio"])
 
 
 def test_train_prints_the_explanation_and_stores_it(tmp_path, capsys):
