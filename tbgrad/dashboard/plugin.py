@@ -303,21 +303,7 @@ def run_summary(
     # newest epoch for some layers only, and judge() wants equal lengths.
     common = sorted(set.intersection(*(set(s) for s in gma.values()))) if gma else []
     series = {layer: [s[e] for e in common] for layer, s in gma.items()}
-    loss = tags.epoch_tag("loss")
-    losses = [d.value for split in (train, validation) for d in split.get(loss, ())]
-    nonfinite = float(
-        np.nansum(
-            [
-                d.value
-                for layer in info.layers
-                for d in train.get(tags.layer_tag(tags.GRAD_NONFINITE, layer), ())
-            ]
-        )
-    )
-    try:
-        found = verdict.judge(series, losses, nonfinite)
-    except ValueError as e:
-        found = verdict.Verdict(verdict.UNKNOWN, None, None, str(e))
+    found = _judge(info, series, train, validation)
     scalars = {tag: series_by_step(data) for tag, data in train.items()}
     explanation = verdict.explain_figures(found, series, common, scalars, config)
     layer, ratio = weakest_layer(series)
@@ -338,6 +324,26 @@ def run_summary(
         "weakest_layer": layer,
         "weakest_layer_ratio": ratio,
     }
+
+
+def _judge(info: RunInfo, series: dict, train: Mapping, validation: Mapping) -> verdict.Verdict:
+    """:func:`tbgrad.verdict.judge` of the kernels' ``series`` and the run's
+    losses and non-finite counts; ``unknown`` when the figures do not fit."""
+    loss = tags.epoch_tag("loss")
+    losses = [d.value for split in (train, validation) for d in split.get(loss, ())]
+    nonfinite = float(
+        np.nansum(
+            [
+                d.value
+                for layer in info.layers
+                for d in train.get(tags.layer_tag(tags.GRAD_NONFINITE, layer), ())
+            ]
+        )
+    )
+    try:
+        return verdict.judge(series, losses, nonfinite)
+    except ValueError as e:
+        return verdict.Verdict(verdict.UNKNOWN, None, None, str(e))
 
 
 def run_config(contents: Mapping[str, bytes]) -> list[list]:
