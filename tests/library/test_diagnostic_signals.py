@@ -217,3 +217,35 @@ def _texts(folder) -> dict[int, str]:
                 if value.tag == tags.FIRST_NONFINITE:
                     out[event.step] = value.tensor.string_val[0].decode()
     return out
+
+
+def test_conv_outputs_are_counted_per_channel(tmp_path):
+    # A rank-4 output takes the layer-by-layer path: a unit is a channel.
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(N, 5, 5, 1)).astype("float32")
+    y = (x[:, 0, 0, :] > 0).astype("float32")
+    keras.utils.set_random_seed(2)
+    model = keras.Sequential(
+        [
+            keras.Input((5, 5, 1)),
+            keras.layers.Conv2D(
+                3, 3, activation="relu", name="conv",
+                bias_initializer=keras.initializers.Constant([0.0, -100.0, 0.0]),
+            ),
+            keras.layers.Flatten(),
+            keras.layers.Dense(1, "sigmoid", name="out"),
+        ]
+    )
+    model.compile(keras.optimizers.SGD(0.0), "binary_crossentropy")
+    model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0,
+              callbacks=[tbgrad.TensorBoard(tmp_path)])
+    conv = keras.Model(model.inputs, model.get_layer("conv").output)
+    outputs = [np.asarray(conv(x[s : s + BATCH])) for s in range(0, N, BATCH)]
+    zero = np.mean([np.mean(a == 0) for a in outputs])
+    alive = np.any([(a > 0).any(axis=(0, 1, 2)) for a in outputs], axis=0)
+    run = load_run(tmp_path).train
+    np.testing.assert_allclose(run.scalar(tags.layer_tag(tags.ACTIVATION_ZERO, "conv")), [zero])
+    np.testing.assert_allclose(
+        run.scalar(tags.layer_tag(tags.ACTIVATION_DEAD, "conv")), [1 - alive.mean()]
+    )
+    assert 1 - alive.mean() == pytest.approx(1 / 3)
