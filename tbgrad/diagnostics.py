@@ -47,6 +47,13 @@ class UpdateRatios:
             order.
         on_nonfinite: Called inside the step with a boolean tensor, per
             kernel, of those the update left NaN or Inf.
+        due: Called inside the step before the update: a boolean tensor,
+            whether to measure this step (``stats_every``); None measures
+            every step. A step left out reads no kernel (one ``If`` op,
+            :func:`tbgrad._compat.functional_cond`); under XLA (``masked``)
+            or several replicas every step is measured and the ones left
+            out are masked.
+        masked: Mask the steps left out rather than skip them (XLA).
 
     Call :meth:`before_update` and :meth:`after_update` inside the train
     step, around the optimizer's update (:class:`tbgrad.hook.OptimizerHook`
@@ -57,8 +64,10 @@ class UpdateRatios:
         >>> ratios.epoch_scalars()[tags.UPDATE_RATIO]  # one value per kernel
     """
 
-    def __init__(self, kernels: list, on_nonfinite=None):
+    def __init__(self, kernels: list, on_nonfinite=None, due=None, masked: bool = False):
         self.kernels = list(kernels)
+        self.due = due
+        self.masked = masked
         # Called in the step with a per-kernel boolean tensor: which kernels
         # the update left NaN or Inf.
         self.on_nonfinite = on_nonfinite
@@ -80,17 +89,55 @@ class UpdateRatios:
     def before_update(self) -> None:
         """Reads every kernel before the optimizer moves it (call inside the
         train step, before weight decay and the update)."""
-        if self.kernels:
+        if not self.kernels:
+            return
+
+        def read():
             # A read is a snapshot: TensorFlow copies a variable's buffer
             # before an update writes into it while a read still holds it.
-            self._before[threading.get_ident()] = [_float32(k) for k in self.kernels]
+            return [_float32(k) for k in self.kernels]
+
+        gate = self._gate()
+        if gate is None or self._masking():
+            before = read()
+        else:
+            # A step left out keeps an empty tensor per kernel: no copy.
+            before = _compat.functional_cond(
+                gate, read, lambda: [tf.zeros([0]) for _ in self.kernels]
+            )
+        self._before[threading.get_ident()] = (before, gate)
+
+    def _gate(self):
+        if self.due is None or tf.executing_eagerly():
+            return None
+        return self.due()
+
+    def _masking(self) -> bool:
+        # XLA runs a cond as a conditional that costs more than it saves, and
+        # an assignment in a cond branch cannot merge replicas.
+        replica = tf.distribute.get_replica_context()
+        return self.masked or (replica is not None and replica.num_replicas_in_sync > 1)
 
     def after_update(self) -> None:
         """Adds the step's ratios (call inside the train step, after the
         update); does nothing without a :meth:`before_update` in this trace."""
-        before = self._before.pop(threading.get_ident(), None)
-        if before is None:
+        found = self._before.pop(threading.get_ident(), None)
+        if found is None:
             return
+        before, gate = found
+        if gate is None:
+            self._add(before)
+        elif self._masking():
+            self._add(before, gate)
+        else:
+
+            def add():
+                self._add(before)
+                return tf.constant(True)
+
+            _compat.functional_cond(gate, add, lambda: tf.constant(False))
+
+    def _add(self, before: list[tf.Tensor], due=None) -> None:
         # Half squared norms (l2_loss, one op each): their ratio's square
         # root is the ratio of the norms.
         moved = tf.stack([tf.nn.l2_loss(_float32(k) - w) for k, w in zip(self.kernels, before)])
@@ -101,8 +148,10 @@ class UpdateRatios:
         if self.on_nonfinite is not None:
             # A weight turned NaN or Inf makes its kernel's distance moved so.
             self.on_nonfinite(tf.logical_not(tf.math.is_finite(moved)))
+        if due is not None:
+            ratio = tf.where(due, ratio, tf.zeros_like(ratio))
         self._sums.assign_add(ratio)
-        self._steps.assign_add(1)
+        self._steps.assign_add(1 if due is None else tf.cast(due, tf.int64))
 
     # -- between epochs (eager) -------------------------------------------
 

@@ -268,6 +268,14 @@ class GradientStats:
         self.diagnostics = _diagnostics.UpdateRatios(
             [layer.kernel for layer in self.layers] if diagnostics_on else [],
             on_nonfinite=lambda bad: self._record_nonfinite(1, self._step_index(), bad),
+            # The steps stats_every counts (_seen is this step's index until
+            # update() counts it); under XLA masked, as the statistics.
+            due=(
+                (lambda: tf.equal(self._seen % self.stats_every, 0))
+                if self.stats_every > 1
+                else None
+            ),
+            masked=self.jit_compile,
         )
         self.activations = (
             _diagnostics.ActivationHealth(list(activations), DEFAULT_BUCKET_COUNT)
