@@ -11,10 +11,10 @@ Ways to train the same model on the same data, run side by side:
 * ``fit+tbgrad(every8)``: the callback with ``stats_every=8``;
 * ``fit+tbgrad(no-diag)``: the callback with ``diagnostics=False`` (no
   update ratios, activation health or clipping statistics);
-* ``fit+tbgrad(epoch-work)``: ``histogram_freq=0`` and the statistics'
-  per-step update a no-op: what the callback costs besides the per-step
-  statistics (its writers, reading the kernels back, weight statistics,
-  the writes);
+* ``fit+tbgrad(epoch-work)``: ``histogram_freq=0``, ``diagnostics=False``
+  and the statistics' per-step update a no-op: what the callback costs
+  besides the per-step statistics (its writers, reading the kernels back,
+  weight statistics, the writes);
 * ``fit-xla``, ``fit-xla+tbgrad``: ``fit`` and ``fit+tbgrad`` compiled with
   ``jit_compile=True`` (Keras's default ``"auto"`` resolves to XLA only on a
   machine with a GPU; each variant's resolved value is printed);
@@ -261,12 +261,13 @@ def _epoch_work_callback(log_dir):
 
     class EpochWorkOnly(GradientTensorBoard):
         # The callback with its statistics' per-step update a no-op (the
-        # bench's models are built, so the statistics exist from here on).
+        # bench's models are built, so the statistics exist from here on)
+        # and no diagnostics (whose update ratios run around the update).
         def on_train_begin(self, logs=None):
             super().on_train_begin(logs)
             self._stats.update = lambda grads, variables: None
 
-    return EpochWorkOnly(log_dir, histogram_freq=0)
+    return EpochWorkOnly(log_dir, histogram_freq=0, diagnostics=False)
 
 
 def _run_tape(workload, data, epochs, log_dir, ends, jit_compile=False):

@@ -249,3 +249,35 @@ def test_conv_outputs_are_counted_per_channel(tmp_path):
         run.scalar(tags.layer_tag(tags.ACTIVATION_DEAD, "conv")), [1 - alive.mean()]
     )
     assert 1 - alive.mean() == pytest.approx(1 / 3)
+
+
+def test_own_loop_logs_activation_health(tmp_path):
+    # GradientLogger in a hand-written tf.function loop: the wrapped
+    # activations' outputs reach the optimizer's step in the same trace.
+    x, y = data()
+    model = health_model()
+    optimizer = keras.optimizers.SGD(0.0)
+    loss_fn = keras.losses.BinaryCrossentropy()
+    logger = tbgrad.GradientLogger(model, tmp_path, optimizer=optimizer)
+
+    @tf.function
+    def train_step(xb, yb):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(yb, model(xb, training=True))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    for epoch in range(EPOCHS):
+        for start in range(0, N, BATCH):
+            loss = train_step(x[start : start + BATCH], y[start : start + BATCH])
+        model(x[:8] * 10, training=False)  # an evaluation pass: not counted
+        logger.end_epoch(epoch, {"loss": loss})
+    logger.close()
+    shares, dead, _ = expected_health(model, x)
+    run = load_run(tmp_path).train
+    np.testing.assert_allclose(
+        run.scalar(tags.layer_tag(tags.ACTIVATION_SATURATED, "t")), [shares["t"]] * EPOCHS
+    )
+    np.testing.assert_allclose(run.scalar(tags.layer_tag(tags.ACTIVATION_DEAD, "r")), [dead] * 2)
+    assert model.get_layer("t").activation is keras.activations.tanh
