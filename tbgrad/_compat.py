@@ -239,12 +239,11 @@ WRAPPED_ACTIVATION = "_tbgrad_original_activation"
 
 def wrap_activation(layer, seen: Callable) -> bool:
     """Makes ``layer.activation`` call ``seen(output)`` on every output it
-    computes; False (and nothing done) when it is wrapped already."""
+    computes. A layer wrapped already (by another logger, or one a failed
+    ``fit`` left behind) is wrapped anew for ``seen`` alone."""
     import functools
 
-    original = layer.activation
-    if getattr(original, WRAPPED_ACTIVATION, None) is not None:
-        return False
+    original = getattr(layer.activation, WRAPPED_ACTIVATION, None) or layer.activation
 
     @functools.wraps(original)
     def activation(x, *args, **kwargs):

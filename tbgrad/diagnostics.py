@@ -139,19 +139,33 @@ class UpdateRatios:
 
     def _add(self, before: list[tf.Tensor], due=None) -> None:
         # Half squared norms (l2_loss, one op each): their ratio's square
-        # root is the ratio of the norms.
+        # root is the ratio of the norms. Squares of weights past ~1e19
+        # overflow float32: a step whose norms are not finite is redone in
+        # float64 (one functional If, rarely taken), which also tells a
+        # weight turned NaN or Inf from a norm that overflowed.
         moved = tf.stack([tf.nn.l2_loss(_float32(k) - w) for k, w in zip(self.kernels, before)])
         size = tf.stack([tf.nn.l2_loss(w) for w in before])
-        # A kernel that did not move has ratio 0 even when it is all zeros;
-        # a zero kernel that moved has ratio inf.
-        ratio = tf.where(moved > 0, tf.sqrt(moved) / tf.sqrt(size), tf.zeros_like(moved))
+        finite = tf.reduce_all(tf.math.is_finite(tf.concat([moved, size], axis=0)))
+        ratio, bad = _compat.functional_cond(
+            finite,
+            lambda: (_ratio(moved, size), tf.zeros_like(moved, tf.bool)),
+            lambda: self._exact(before),
+        )
         if self.on_nonfinite is not None:
-            # A weight turned NaN or Inf makes its kernel's distance moved so.
-            self.on_nonfinite(tf.logical_not(tf.math.is_finite(moved)))
+            self.on_nonfinite(bad)
         if due is not None:
             ratio = tf.where(due, ratio, tf.zeros_like(ratio))
         self._sums.assign_add(ratio)
         self._steps.assign_add(1 if due is None else tf.cast(due, tf.int64))
+
+    def _exact(self, before: list[tf.Tensor]):
+        # In float64, and which kernels hold a NaN or Inf after the update.
+        after = [tf.cast(tf.convert_to_tensor(k), tf.float64) for k in self.kernels]
+        before = [tf.cast(w, tf.float64) for w in before]
+        moved = tf.stack([tf.nn.l2_loss(k - w) for k, w in zip(after, before)])
+        size = tf.stack([tf.nn.l2_loss(w) for w in before])
+        bad = tf.stack([tf.logical_not(tf.reduce_all(tf.math.is_finite(k))) for k in after])
+        return tf.cast(_ratio(moved, size), tf.float32), bad
 
     # -- between epochs (eager) -------------------------------------------
 
@@ -183,6 +197,14 @@ class UpdateRatios:
             return {}
         sums = np.asarray(snapshot["update_ratio_sums"], dtype=np.float64)
         return {tags.UPDATE_RATIO: sums[: len(self.kernels)] / steps}
+
+
+def _ratio(moved: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
+    # sqrt(moved / size) of half squared norms. A kernel that did not move
+    # has ratio 0, even when it is all zeros; a zero kernel that moved has
+    # ratio inf; NaN (a weight turned NaN) stays NaN.
+    moved_or_bad = tf.logical_or(moved > 0, tf.math.is_nan(moved))
+    return tf.where(moved_or_bad, tf.sqrt(moved) / tf.sqrt(size), tf.zeros_like(moved))
 
 
 def _float32(variable) -> tf.Tensor:
@@ -225,17 +247,45 @@ class ActivationLayer:
 def activation_layers(model: keras.Model, layers) -> list[ActivationLayer]:
     """The layers of ``model`` among ``layers`` (from
     :func:`tbgrad.stats.tracked_variables`, by their kernels) whose activation
-    is tanh, sigmoid or relu, in model order."""
+    is tanh, sigmoid or relu, in model order.
+
+    Only layers whose output units are known and that apply their
+    activation once per call: ``Dense`` and the channels-last convolutions
+    (``Conv1D``/``2D``/``3D`` and their transposes); not recurrent cells,
+    which apply theirs at every time step inside a loop.
+    """
     names = {id(layer.kernel): layer.name for layer in layers if layer.is_kernel}
     out = []
     for layer in _walk(model):
         kernel = getattr(layer, "kernel", None)
-        activation = getattr(layer, "activation", None)
-        kind = getattr(activation, "__name__", None)
+        kind = getattr(getattr(layer, "activation", None), "__name__", None)
+        units = _output_units(layer)
         if kernel is None or id(kernel) not in names or kind not in ACTIVATION_KINDS:
             continue
-        out.append(ActivationLayer(names[id(kernel)], layer, kind, int(kernel.shape[-1])))
+        if units is not None:
+            out.append(ActivationLayer(names[id(kernel)], layer, kind, units))
     return sorted(out, key=lambda a: list(names.values()).index(a.name))
+
+
+def _output_units(layer) -> int | None:
+    # The size of the output's last axis, for the layers watched; None for
+    # any other layer.
+    if isinstance(layer, keras.layers.Dense):
+        return int(layer.units)
+    convolutions = (
+        keras.layers.Conv1D,
+        keras.layers.Conv2D,
+        keras.layers.Conv3D,
+        keras.layers.Conv1DTranspose,
+        keras.layers.Conv2DTranspose,
+        keras.layers.Conv3DTranspose,
+    )
+    if isinstance(layer, convolutions) and not isinstance(
+        layer, (keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D)
+    ):
+        if getattr(layer, "data_format", "channels_last") == "channels_last":
+            return int(layer.filters)
+    return None
 
 
 def _walk(layer):
@@ -284,12 +334,14 @@ class ActivationHealth:
         """Wraps the activation of every watched layer."""
         for i, watched in enumerate(self.layers):
             if _compat.wrap_activation(watched.layer, self._seen_by(i)):
-                self._installed.append(watched.layer)
+                self._installed.append((watched.layer, watched.layer.activation))
 
     def remove(self) -> None:
-        """Restores the layers' activations."""
-        for layer in self._installed:
-            _compat.unwrap_activation(layer)
+        """Restores the layers' activations (those still wrapped by this
+        object: another logger may have wrapped a layer since)."""
+        for layer, wrapper in self._installed:
+            if layer.activation is wrapper:
+                _compat.unwrap_activation(layer)
         self._installed = []
         self._pending.clear()
 
@@ -306,10 +358,18 @@ class ActivationHealth:
         pending = self._pending.pop(threading.get_ident(), {})
         if not self.layers or tf.executing_eagerly():
             return None
-        graph = tf.compat.v1.get_default_graph()
+        # This graph and the ones it is nested in: the optimizer's step may
+        # run in a cond branch (LossScaleOptimizer, gradient accumulation).
+        graphs, graph = [], tf.compat.v1.get_default_graph()
+        while graph is not None:
+            graphs.append(graph)
+            graph = getattr(graph, "outer_graph", None)
         outputs = [pending.get(i) for i in range(len(self.layers))]
-        if any(a is None or getattr(a, "graph", None) is not graph for a in outputs):
-            return None
+        for watched, a in zip(self.layers, outputs):
+            if a is None or not any(getattr(a, "graph", None) is g for g in graphs):
+                return None
+            if a.shape.rank is None or a.shape[-1] != watched.units:
+                return None  # not the layer's output as watched
         return outputs
 
     # -- inside the train step ----------------------------------------------

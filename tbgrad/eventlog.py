@@ -97,6 +97,8 @@ def load_split(path: str | os.PathLike) -> SplitData:
                 elif plugin == dashboard_metadata.PLUGIN_NAME and value.tensor.string_val:
                     out.kernels = dashboard_metadata.parse_kernels(value.tensor.string_val[0])
                 elif tag == tags.FIRST_NONFINITE and value.tensor.string_val:
+                    if out.first_nonfinite is not None:
+                        continue  # the run's first, whatever file follows
                     text = value.tensor.string_val[0].decode("utf-8", "replace")
                     out.first_nonfinite = (event.step, text)
     return out

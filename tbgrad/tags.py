@@ -174,34 +174,34 @@ TABLE = (
     (
         f"`{TRAIN_DIR}/{UPDATE_RATIO}/<layer>`",
         "Scalars, Gradient flow",
-        "every epoch",
+        "every epoch (diagnostics)",
         "\\|\\|Δw\\|\\| / \\|\\|w\\|\\| per step, epoch mean (near 1e-3 is usual)",
     ),
     (
         f"`{TRAIN_DIR}/{ACTIVATION_SATURATED}/<layer>`",
         "Scalars, Gradient flow",
-        "every epoch, tanh and sigmoid layers",
+        "every epoch (diagnostics), tanh and sigmoid layers",
         "share of outputs saturated in training steps (tanh \\|a\\| > 0.97; sigmoid "
         "a < 0.03 or a > 0.97), epoch mean",
     ),
     (
         f"`{TRAIN_DIR}/{ACTIVATION_ZERO}/<layer>`, `{TRAIN_DIR}/{ACTIVATION_DEAD}/<layer>`",
         "Scalars, Gradient flow",
-        "every epoch, relu layers",
+        "every epoch (diagnostics), relu layers",
         "share of outputs that are 0, epoch mean; share of units 0 for every sample of the "
         "epoch (dead)",
     ),
     (
         f"`{TRAIN_DIR}/{ACTIVATIONS}/<layer>`",
         "Histograms",
-        "every `histogram_freq` epochs",
+        "every `histogram_freq` epochs (diagnostics)",
         "the layer's outputs in the epoch's first training step",
     ),
     (
         f"`{TRAIN_DIR}/{CLIP_SHARE}`, `{TRAIN_DIR}/{CLIP_NORM_BEFORE}`, "
         f"`{TRAIN_DIR}/{CLIP_NORM_BEFORE_MAX}`",
         "Scalars",
-        "every epoch, with clipping",
+        "every epoch (diagnostics), with clipping",
         "share of steps where clipping changed the gradients; their global norm before "
         "clipping (mean, max)",
     ),

@@ -208,11 +208,13 @@ def test_wrap_activation_sees_the_outputs_and_keeps_the_config(activation):
     layer = keras.layers.Dense(3, activation=activation)
     layer.build((None, 2))
     config = layer.get_config()
-    outputs = []
+    stale, outputs = [], []
+    assert _compat.wrap_activation(layer, stale.append)
+    # Wrapped again (a second logger, or one a failed fit left behind): the
+    # new wrapper replaces the old one rather than stacking on it.
     assert _compat.wrap_activation(layer, outputs.append)
-    assert not _compat.wrap_activation(layer, outputs.append)  # never twice
     y = layer(np.ones((4, 2), "float32"))
-    assert len(outputs) == 1
+    assert len(outputs) == 1 and not stale
     np.testing.assert_array_equal(np.asarray(outputs[0]), np.asarray(y))
     assert layer.get_config() == config  # the wrapper serialises as the original
     _compat.unwrap_activation(layer)

@@ -202,7 +202,8 @@ def test_first_nonfinite_weight_from_an_overflowing_update(tmp_path):
     # Finite gradients, an update so large that the weights overflow to Inf.
     x, y = data()
     model = tiny_mlp()
-    first = train(model, tmp_path, "fit", keras.optimizers.SGD(3e38), x, y)
+    first = train(model, tmp_path, "fit", keras.optimizers.SGD(1e39), x, y)
+    assert not np.isfinite(model.get_layer("hidden_1").kernel.numpy()).all()
     assert first["what"] == "weight" and first["step"] == 0 and first["epoch"] == 0
     assert first["layer"] in ("hidden_1", "hidden_2", "output")
 
@@ -281,3 +282,101 @@ def test_own_loop_logs_activation_health(tmp_path):
     )
     np.testing.assert_allclose(run.scalar(tags.layer_tag(tags.ACTIVATION_DEAD, "r")), [dead] * 2)
     assert model.get_layer("t").activation is keras.activations.tanh
+
+
+def _activation_tags(path) -> set[str]:
+    return {t for t in load_run(path).train.scalars if t.startswith("activation_")}
+
+
+def test_activation_health_with_a_loss_scale_optimizer_and_accumulation(tmp_path):
+    # Both run the optimizer's update step inside a cond branch. With
+    # gradient accumulation the statistics count the steps that apply the
+    # gradients (the 2nd and 4th of the epoch), as the gradient tags do.
+    x, y = data()
+    for name, optimizer, counted in [
+        ("loss-scale", keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.0)), [0, 1, 2, 3]),
+        ("accumulate", keras.optimizers.SGD(0.0, gradient_accumulation_steps=2), [1, 3]),
+    ]:
+        model = health_model()
+        model.compile(optimizer, "binary_crossentropy")
+        model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0,
+                  callbacks=[tbgrad.TensorBoard(tmp_path / name)])
+        features = keras.Model(model.inputs, model.get_layer("t").output)
+        per_step = [
+            np.mean(np.abs(np.asarray(features(x[s : s + BATCH]))) > 0.97)
+            for s in range(0, N, BATCH)
+        ]
+        run = load_run(tmp_path / name).train
+        saturated = run.scalar(tags.layer_tag(tags.ACTIVATION_SATURATED, "t"))
+        np.testing.assert_allclose(saturated, [np.mean([per_step[i] for i in counted])], err_msg=name)
+
+
+def test_recurrent_and_transposed_layers_never_break_fit(tmp_path):
+    # An LSTM applies its activation inside a loop: not watched; the Dense
+    # after it is. A transposed convolution's units are its filters.
+    rng = np.random.default_rng(0)
+    for i, unroll in enumerate([False, True]):
+        keras.utils.set_random_seed(1)
+        model = keras.Sequential(
+            [
+                keras.Input((3, 2)),
+                keras.layers.LSTM(4, unroll=unroll, name="lstm"),
+                keras.layers.Dense(5, "relu", name="d"),
+                keras.layers.Dense(1, "sigmoid", name="out"),
+            ]
+        )
+        model.compile("sgd", "binary_crossentropy")
+        x = rng.normal(size=(16, 3, 2)).astype("float32")
+        model.fit(x, np.ones((16, 1)), epochs=1, verbose=0,
+                  callbacks=[tbgrad.TensorBoard(tmp_path / f"lstm{i}")])
+        assert _activation_tags(tmp_path / f"lstm{i}") == {
+            "activation_zero/d", "activation_dead/d", "activation_saturated/out"
+        }
+    model = keras.Sequential(
+        [
+            keras.Input((4, 4, 7)),
+            keras.layers.Conv2DTranspose(2, 3, activation="relu", name="up"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(1, "sigmoid", name="out"),
+        ]
+    )
+    model.compile("sgd", "binary_crossentropy")
+    x = rng.normal(size=(8, 4, 4, 7)).astype("float32")
+    model.fit(x, np.ones((8, 1)), epochs=1, verbose=0, callbacks=[tbgrad.TensorBoard(tmp_path / "t")])
+    assert "activation_dead/up" in _activation_tags(tmp_path / "t")
+
+
+def test_a_fit_stopped_by_an_exception_leaves_the_next_callback_whole(tmp_path):
+    x, y = data()
+    model = health_model()
+    model.compile(keras.optimizers.SGD(0.0), "binary_crossentropy")
+
+    class Stop(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            raise RuntimeError("stop")
+
+    with pytest.raises(RuntimeError):
+        model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0,
+                  callbacks=[tbgrad.TensorBoard(tmp_path / "a"), Stop()])
+    model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0,
+              callbacks=[tbgrad.TensorBoard(tmp_path / "b")])
+    shares, _, _ = expected_health(model, x)
+    saturated = load_run(tmp_path / "b").train.scalar(tags.layer_tag(tags.ACTIVATION_SATURATED, "t"))
+    np.testing.assert_allclose(saturated, [shares["t"]])
+
+
+def test_weights_too_large_for_float32_squares_are_not_called_non_finite(tmp_path):
+    # SGD(3e38) moves the weights to about 1e37: finite, though their
+    # squares overflow float32. The step is redone in float64.
+    x, y = data()
+    model = tiny_mlp()
+    before = model.get_layer("hidden_1").kernel.numpy().astype(np.float64)
+    first = train(model, tmp_path, "fit", keras.optimizers.SGD(3e38), x, y)
+    kernels = [model.get_layer(n).kernel.numpy() for n in ("hidden_1", "hidden_2", "output")]
+    ratio = load_run(tmp_path).train.scalar(tags.layer_tag(tags.UPDATE_RATIO, "hidden_1"))
+    if all(np.isfinite(k).all() for k in kernels):
+        assert first is None
+        assert np.isfinite(ratio).all() and ratio[0] > 1e30
+    else:
+        assert first["what"] == "weight"
+    assert np.isfinite(before).all()
