@@ -2,11 +2,11 @@
 
 Each form is a :class:`tbgrad.stats.GradientStats` whose :meth:`update`
 computes the step's statistics another way, so that the benchmark can time it
-beside the library's form in the same run (issue 15 kept the fastest). Single
+beside the library's form in the same run (the library keeps the fastest). Single
 device, no XLA in the train step, the same numbers as the library's except
 where a form's docstring says otherwise:
 
-* ``before``: the form before issue 15: same-size kernels stacked, three row
+* ``before``: the earlier form: same-size kernels stacked, three row
   sums (|g|, g, g^2) per group, a ``tf.cond`` for the finite-only recount and
   another for the first step's copy;
 * ``lowered-cond``: the library's form with its one cond a plain
