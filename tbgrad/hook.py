@@ -125,4 +125,4 @@ def _gradient_stats(target) -> GradientStats | None:
 
 def _diagnostics(target) -> UpdateRatios | _NoDiagnostics:
     """The update ratios of ``target`` (see :func:`_gradient_stats`)."""
-    return getattr(_gradient_stats(target), "diagnostics", None) or _NoDiagnostics()
+    return getattr(_gradient_stats(target), "update_ratios", None) or _NoDiagnostics()

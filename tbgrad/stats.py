@@ -265,7 +265,7 @@ class GradientStats:
         self._path_index = {layer.kernel.path: i for i, layer in enumerate(self.layers)}
         # The update-to-weight ratios, measured around the optimizer's update
         # (the hook calls before_update and after_update).
-        self.diagnostics = _diagnostics.UpdateRatios(
+        self.update_ratios = _diagnostics.UpdateRatios(
             [layer.kernel for layer in self.layers] if diagnostics_on else [],
             on_nonfinite=lambda bad: self._record_nonfinite(1, self._step_index(), bad),
             # The steps stats_every counts (_seen is this step's index until
@@ -521,7 +521,7 @@ class GradientStats:
         self._capture.assign(capture)
         self._peak.assign(tf.zeros_like(self._peak))
         self._first_bad.assign([-1, -1, -1])
-        self.diagnostics.reset()
+        self.update_ratios.reset()
         for part in (self.activations, self.clip):
             if part is not None:
                 part.reset()
@@ -547,7 +547,7 @@ class GradientStats:
         out["peak"] = self._peak.read_value()
         out["first_nonfinite"] = self._first_bad.read_value()
         out["seen"] = self._seen.read_value()
-        out.update(self.diagnostics.snapshot_tensors())
+        out.update(self.update_ratios.snapshot_tensors())
         for part in (self.activations, self.clip):
             if part is not None:
                 out.update(part.snapshot_tensors())
@@ -619,7 +619,7 @@ class GradientStats:
             ratio = float(mean_abs[0] / mean_abs[-1]) if mean_abs[-1] != 0 else 0.0
         if kernels_at:
             scalars[tags.GRAD_LOG10_RATIO] = log10_ratio(stats["grad_mean_abs"], kernels_at[-1])
-        scalars.update(self.diagnostics.epoch_scalars(snapshot))
+        scalars.update(self.update_ratios.epoch_scalars(snapshot))
         named = {}
         if self.activations is not None:
             named.update(self.activations.epoch_values(snapshot, histograms))

@@ -623,13 +623,13 @@ def _train_step(model, optimizer, batch, name: str):
         compiled(*batch)
     else:
         layers = kernel_layers(model)
-        if _gradients_only(name) or name in NO_ACTIVATIONS:
+        if _gradients_only(name):
+            stats = make_stats(layers, jit_compile=xla, diagnostics=False)
+        elif name in NO_ACTIVATIONS:
             stats = make_stats(layers, jit_compile=xla)
         else:
             stats = make_stats(layers, jit_compile=xla, activations=activation_layers(model, layers))
-        if _gradients_only(name):
-            stats.diagnostics = None  # the hook then measures no update ratio
-        activations = getattr(stats, "activations", None)
+        activations = stats.activations
         if activations is not None:
             activations.install()
         # The hook and the activations' wrappers are read when the step is
