@@ -75,6 +75,10 @@ class GradientLogger:
             with a clipping optimizer, how often clipping changed the
             gradients. False logs the gradient and weight statistics only
             (cheaper: the update ratio reads every kernel twice a step).
+        caller_selects_steps: With ``stats_every`` > 1, you run a train
+            function traced in :meth:`paused` on the steps not counted, and
+            report the steps seen with ``stats.set_seen`` before
+            :meth:`end_epoch` (``tbgrad.TensorBoard`` does so in ``fit``).
 
     The first step and layer whose gradient or weights turn NaN or Inf are
     kept in :attr:`first_nonfinite` and written once as the text tag
@@ -116,6 +120,7 @@ class GradientLogger:
         jit_compile: bool = False,
         stats_every: int = 1,
         diagnostics: bool = True,
+        caller_selects_steps: bool = False,
     ):
         check_keras_backend(f"tbgrad.{type(self).__name__}")
         self.stats_every = check_int("stats_every", stats_every, 1)
@@ -134,6 +139,7 @@ class GradientLogger:
         self.optimizer = optimizer if optimizer is not None else getattr(model, "optimizer", None)
         self.jit_compile = bool(jit_compile)
         self.diagnostics = bool(diagnostics)
+        self.caller_selects_steps = bool(caller_selects_steps)
         # {"what", "layer", "epoch", "step_in_epoch", "step"} of the first
         # non-finite gradient or weight of the run, or None.
         self.first_nonfinite: dict | None = None
@@ -175,6 +181,13 @@ class GradientLogger:
     def skip(self) -> None:
         """Counts a step the optimizer skipped (LossScaleOptimizer)."""
         self._get_stats().skip()
+
+    def paused(self):
+        """A context in which a train step traced has no statistics (see
+        :meth:`OptimizerHook.paused <tbgrad.hook.OptimizerHook.paused>`)."""
+        if self._hook is None:
+            raise ValueError("GradientLogger.paused needs an optimizer to hook; it has none")
+        return self._hook.paused()
 
     # -- between epochs -------------------------------------------------------
 
@@ -284,6 +297,7 @@ class GradientLogger:
                 activations=activation_layers(self.model, layers) if self.diagnostics else (),
                 diagnostics=self.diagnostics,
                 clipping=self._hook.optimizer if self._clips() else None,
+                caller_selects_steps=self.caller_selects_steps,
             )
         if self._stats.activations is not None:
             self._stats.activations.install()

@@ -19,7 +19,8 @@ finite without reaching that update step; the hook counts those steps
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import keras
 
@@ -66,6 +67,7 @@ class OptimizerHook:
         self.counts_skips = _compat.has_skip_step(optimizer)
         self.stats = stats
         self._installed = False
+        self._paused = False
 
     def install(self) -> None:
         if self._installed:
@@ -76,22 +78,26 @@ class OptimizerHook:
             return stats() if callable(stats) else stats
 
         def before_update(grads, variables):
-            get().update(grads, variables)
+            if not self._paused:
+                get().update(grads, variables)
 
         def before_weights_move(unclipped, clipped):
+            if self._paused:
+                return
             _diagnostics(get()).before_update()
             clip = getattr(_gradient_stats(get()), "clip", None)
             if clip is not None:
                 clip.update(unclipped, clipped)
 
         def after_update():
-            _diagnostics(get()).after_update()
+            if not self._paused:
+                _diagnostics(get()).after_update()
 
         _compat.wrap_update_step(self.optimizer, before_update, after_update)
         if _compat.has_clip_gradients(self.optimizer):
             _compat.wrap_clip_gradients(self.optimizer, before_weights_move)
         if self.counts_skips:
-            _compat.wrap_skip_step(self.outer, lambda: get().skip())
+            _compat.wrap_skip_step(self.outer, lambda: None if self._paused else get().skip())
         self._installed = True
 
     def remove(self) -> None:
@@ -100,6 +106,18 @@ class OptimizerHook:
             _compat.unwrap_clip_gradients(self.optimizer)
             _compat.unwrap_skip_step(self.outer)
             self._installed = False
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """A train step traced in this block has no statistics: the hook is
+        read when a step is traced, so a ``tf.function`` first called here
+        stays the plain step on later calls too (``stats_every``'s other
+        steps run such a function)."""
+        paused, self._paused = self._paused, True
+        try:
+            yield
+        finally:
+            self._paused = paused
 
     def __enter__(self) -> OptimizerHook:
         self.install()

@@ -208,6 +208,12 @@ class GradientStats:
             XLA and on one device the other steps skip the statistics' work;
             with XLA or several replicas they compute and discard it (a
             ``tf.cond`` costs more there than it saves).
+        caller_selects_steps: With ``stats_every`` > 1, the caller runs the
+            train step traced with the statistics on the steps to count only,
+            and another, traced without them (:meth:`OptimizerHook.paused
+            <tbgrad.hook.OptimizerHook.paused>`), on the others, as
+            ``tbgrad.TensorBoard`` does in ``fit``: no step then pays for the
+            selection. The caller reports the steps seen (:meth:`set_seen`).
 
     Create it in the distribution strategy's scope (if any): its variables
     are then mirrored and updated by the first replica only.
@@ -222,9 +228,13 @@ class GradientStats:
         activations=(),
         diagnostics: bool = True,
         clipping=None,
+        caller_selects_steps: bool = False,
     ):
         diagnostics_on = bool(diagnostics)
         self.stats_every = check_int("stats_every", stats_every, 1)
+        self.caller_selects_steps = bool(caller_selects_steps)
+        # Whether the train step itself picks the steps stats_every counts.
+        self._gated = self.stats_every > 1 and not self.caller_selects_steps
         self.layers = list(layers)
         self.jit_compile = bool(jit_compile)
         self.count_skips = bool(count_skips)
@@ -272,7 +282,7 @@ class GradientStats:
             # update() counts it); under XLA masked, as the statistics.
             due=(
                 (lambda: tf.equal(self._seen % self.stats_every, 0))
-                if self.stats_every > 1
+                if self._gated
                 else None
             ),
             masked=self.jit_compile,
@@ -320,7 +330,7 @@ class GradientStats:
             kernel_grads = replica.all_reduce(tf.distribute.ReduceOp.SUM, kernel_grads)
         kernel_grads = [tf.convert_to_tensor(g) for g in kernel_grads]
         due = None
-        if self.stats_every > 1:
+        if self._gated:
             seen = self._seen.assign_add(1) - 1
             due = tf.equal(seen % self.stats_every, 0)
         if distributed or self.jit_compile:
@@ -427,9 +437,10 @@ class GradientStats:
     def _step_index(self, counted: bool = True) -> tf.Tensor:
         # The index in the epoch of the step being run: counted=True once
         # its statistics are added (_steps incremented), False before.
-        if self.stats_every > 1:
+        if self._gated:
             return self._seen.read_value() - 1
-        return self._steps.read_value() - (1 if counted else 0)
+        index = self._steps.read_value() - (1 if counted else 0)
+        return index * self.stats_every if self.caller_selects_steps else index
 
     def _record_nonfinite(self, what: int, index, bad) -> None:
         # Keeps the epoch's first non-finite gradient (what=0) or weight (1):
@@ -438,6 +449,11 @@ class GradientStats:
         layer = tf.argmax(tf.cast(bad, tf.int32), output_type=tf.int64)
         value = tf.stack([tf.constant(what, tf.int64), tf.cast(index, tf.int64), layer])
         self._first_bad.assign(tf.where(new, value, self._first_bad))
+
+    def set_seen(self, steps: int) -> None:
+        """The epoch's steps so far, counted or not (eagerly, between steps;
+        with ``caller_selects_steps``, whose train steps cannot count them)."""
+        self._seen.assign(steps)
 
     def skip(self) -> None:
         """Counts a step whose gradients the optimizer did not apply (call

@@ -81,7 +81,10 @@ class TensorBoard(keras.callbacks.TensorBoard):
             epoch's ``grad_mean_abs``, ``grad_std`` and ``grad_nonfinite``
             are then over those steps. For very large models, where the
             statistics cost more than a few percent of a step. Default 1:
-            every step.
+            every step. With one step per call (``steps_per_execution=1``)
+            the steps left out run a second train function, traced without
+            the statistics (one more trace per ``fit``); with several, the
+            train step picks its steps itself.
         diagnostics: Also log the update-to-weight ratio per layer, the
             saturated and dead units of each tanh, sigmoid or relu layer
             (from the training forward pass) and, with a clipping optimizer,
@@ -140,13 +143,22 @@ class TensorBoard(keras.callbacks.TensorBoard):
         self._model_summary_due = False
         self._global_step = 0
         self._epoch_first_step = 0
-        if update_freq == EPOCH and not self._should_trace:
+        # With stats_every > 1: the train functions traced with and without
+        # the statistics, and the steps of the epoch seen so far.
+        self._counted_function = None
+        self._plain_function = None
+        self._seen = 0
+        if update_freq == EPOCH and not self._should_trace and stats_every == 1:
             # Nothing to do per batch: keep Keras's default no-op batch hooks.
             # A callback that overrides on_train_batch_end turns off Keras 3's
             # asynchronous batch-end dispatch and makes every step wait.
             for hook in ("on_train_batch_begin", "on_train_batch_end"):
                 default = getattr(keras.callbacks.Callback, hook)
                 setattr(self, hook, types.MethodType(default, self))
+        elif update_freq == EPOCH and not self._should_trace:
+            # stats_every picks its steps in on_train_batch_begin only.
+            default = keras.callbacks.Callback.on_train_batch_end
+            self.on_train_batch_end = types.MethodType(default, self)
 
     # -- Keras hooks ----------------------------------------------------------
 
@@ -158,6 +170,7 @@ class TensorBoard(keras.callbacks.TensorBoard):
             )
         # A subclassed model is built only when fit first traces its train
         # step: the statistics are then made from inside that trace.
+        selects = self._selects_steps()
         self._gradients = GradientLogger(
             self.model,
             self.log_dir,
@@ -166,18 +179,46 @@ class TensorBoard(keras.callbacks.TensorBoard):
             jit_compile=self.model.jit_compile,
             stats_every=self.stats_every,
             diagnostics=self.diagnostics,
+            caller_selects_steps=selects,
         )
         self._hooked = True
         # A train function traced before this fit would not call the hook.
         self.model.train_function = None
         self.model.make_train_function(force=True)
+        self._counted_function = self.model.train_function
+        if selects:
+            # The steps stats_every leaves out run a second train function,
+            # traced with the hook paused: Keras's own step, with nothing of
+            # the statistics' selection in it (fit looks model.train_function
+            # up anew for every step).
+            self.model.make_train_function(force=True)
+            plain = self.model.train_function
+            gradients = self._gradients
+
+            def plain_function(iterator):
+                with gradients.paused():
+                    return plain(iterator)
+
+            self._plain_function = plain_function
+            self.model.train_function = self._counted_function
         self._global_step = 0
         super().on_train_begin(logs)
 
     def on_epoch_begin(self, epoch, logs=None):
         super().on_epoch_begin(epoch, logs)
         self._epoch_first_step = self._global_step
+        self._seen = 0
         self._gradients.begin_epoch(epoch)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        super().on_train_batch_begin(batch, logs)
+        if self._plain_function is not None:
+            # ``batch``: the step's index in the epoch (one step per call).
+            counted = batch % self.stats_every == 0
+            self.model.train_function = (
+                self._counted_function if counted else self._plain_function
+            )
+            self._seen = batch + 1
 
     def on_train_batch_end(self, batch, logs=None):
         # Keras's part: the train graph, batch_steps_per_second, profiling.
@@ -202,6 +243,8 @@ class TensorBoard(keras.callbacks.TensorBoard):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = dict(logs or {})
+        if self._plain_function is not None and self._gradients._stats is not None:
+            self._gradients._stats.set_seen(self._seen)
         if self.write_steps_per_second:
             logs["steps_per_second"] = self._compute_steps_per_second()
         self._gradients.end_epoch(epoch, logs, reset=False)
@@ -240,6 +283,7 @@ class TensorBoard(keras.callbacks.TensorBoard):
             self._hooked = False
             # Later fits without this callback must not keep updating our stats.
             self.model.train_function = None
+            self._counted_function = self._plain_function = None
 
     # -- Keras's private parts (tbgrad._compat.KERAS_TENSORBOARD_*) ------------
 
@@ -280,6 +324,11 @@ class TensorBoard(keras.callbacks.TensorBoard):
                 for weight in layer.weights:
                     name = weight.path.replace(":", "_")
                     self._log_weight_as_image(weight, f"{name}/image", epoch)
+
+    def _selects_steps(self) -> bool:
+        # stats_every's steps chosen here, between fit's steps, where each
+        # call of the train function runs one step (else in the train step).
+        return self.stats_every > 1 and getattr(self.model, "steps_per_execution", 1) == 1
 
     @property
     def _stats(self) -> GradientStats | None:

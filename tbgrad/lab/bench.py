@@ -8,7 +8,12 @@ Ways to train the same model on the same data, run side by side:
 * ``fit+keras_tb``: ``model.fit`` with ``keras.callbacks.TensorBoard(histogram_freq=1)``;
 * ``fit+tbgrad``: ``model.fit`` with tbgrad's callback (``histogram_freq=1``);
 * ``fit+tbgrad(h0)``: the callback with ``histogram_freq=0``;
-* ``fit+tbgrad(every8)``: the callback with ``stats_every=8``;
+* ``fit+tbgrad(every8)``: the callback with ``stats_every=8``: the steps
+  left out run a train function traced without the statistics;
+* ``fit+tbgrad(every8,in-step)``: ``stats_every=8`` chosen inside one train
+  function that every step runs (the callback's earlier form; still the form
+  with ``steps_per_execution`` > 1, the tape loop and your own loop);
+* ``fit+tbgrad(every8,no-diag)``: ``stats_every=8``, ``diagnostics=False``;
 * ``fit+tbgrad(no-diag)``: the callback with ``diagnostics=False`` (no
   update ratios, activation health or clipping statistics);
 * ``fit+tbgrad(epoch-work)``: ``histogram_freq=0``, ``diagnostics=False``
@@ -76,6 +81,8 @@ VARIANTS = (
     "fit+tbgrad",
     "fit+tbgrad(h0)",
     "fit+tbgrad(every8)",
+    "fit+tbgrad(every8,in-step)",
+    "fit+tbgrad(every8,no-diag)",
     "fit+tbgrad(no-diag)",
     "fit+tbgrad(epoch-work)",
     "fit-xla",
@@ -256,6 +263,18 @@ def _tbgrad_callback(log_dir, histogram_freq=1, stats_every=1, diagnostics=True)
     )
 
 
+def _in_step_callback(log_dir, stats_every=8):
+    # The callback as it was before it chose stats_every's steps between
+    # fit's steps: every step runs one train function, which picks its steps.
+    from tbgrad.gradient_tensorboard import GradientTensorBoard
+
+    class InStep(GradientTensorBoard):
+        def _selects_steps(self) -> bool:
+            return False
+
+    return InStep(log_dir, stats_every=stats_every)
+
+
 def _epoch_work_callback(log_dir):
     from tbgrad.gradient_tensorboard import GradientTensorBoard
 
@@ -353,6 +372,10 @@ RUNNERS: dict[str, Callable] = {
     "fit+tbgrad": _run_fit(_tbgrad_callback),
     "fit+tbgrad(h0)": _run_fit(functools.partial(_tbgrad_callback, histogram_freq=0)),
     "fit+tbgrad(every8)": _run_fit(functools.partial(_tbgrad_callback, stats_every=8)),
+    "fit+tbgrad(every8,in-step)": _run_fit(_in_step_callback),
+    "fit+tbgrad(every8,no-diag)": _run_fit(
+        functools.partial(_tbgrad_callback, stats_every=8, diagnostics=False)
+    ),
     "fit+tbgrad(no-diag)": _run_fit(functools.partial(_tbgrad_callback, diagnostics=False)),
     "fit+tbgrad(epoch-work)": _run_fit(_epoch_work_callback),
     "fit-xla": _run_fit(None, jit_compile=True),
@@ -530,7 +553,7 @@ GRADIENTS_ONLY = ("step+grad-stats",)
 NO_ACTIVATIONS = ("step+stats(no-act)",)
 # The names of tbgrad.lab.stat_forms.FORMS (listed here: the command line
 # checks its flags before TensorFlow is imported).
-FORMS = ("before", "lowered-cond", "two-conds", "xla-sums", "no-cond")
+FORMS = ("before", "lowered-cond", "two-conds", "xla-sums", "xla-fast", "no-cond")
 
 
 def form_variant(form: str) -> str:

@@ -16,6 +16,9 @@ where a form's docstring says otherwise:
 * ``xla-sums``: the sums (finite-only, float64, as one matrix-vector product
   per group) in a ``tf.function(jit_compile=True)`` inside the step, so only
   they are compiled by XLA, with no ``tf.cond``;
+* ``xla-fast``: the library's form, its float32 sums in a
+  ``tf.function(jit_compile=True)`` of their own (one fused XLA cluster in
+  a step that is not compiled by XLA);
 * ``no-cond``: the library's sums alone, no ``tf.cond``: a floor, not a
   candidate (its non-finite steps are wrong and it keeps no histogram).
 """
@@ -144,6 +147,14 @@ class XlaSums(GradientStats):
         _add(self, self._compiled(kernel_grads))
 
 
+class XlaFast(GradientStats):
+    """The library's form, its float32 sums compiled by XLA on their own."""
+
+    def __init__(self, layers, **kwargs):
+        super().__init__(layers, **kwargs)
+        self._fast_stats = tf.function(self._fast_stats, jit_compile=True, autograph=False)
+
+
 class NoCond(GradientStats):
     """A floor: the library's sums only (no recount, no copy)."""
 
@@ -158,5 +169,6 @@ FORMS: dict[str, type[GradientStats]] = {
     "lowered-cond": LoweredCond,
     "two-conds": TwoConds,
     "xla-sums": XlaSums,
+    "xla-fast": XlaFast,
     "no-cond": NoCond,
 }

@@ -28,8 +28,12 @@ EVERY = 3  # steps 0, 3 and 6 of each epoch
 LAYERS = ["hidden_1", "hidden_2", "output"]
 
 
-@pytest.mark.parametrize("steps_per_execution", [1, 4])
-def test_fit_averages_every_nth_step(tmp_path, circles, steps_per_execution):
+# One step per call: the callback runs a train function without the
+# statistics on the steps left out; several: the train step picks its steps.
+@pytest.mark.parametrize(
+    "steps_per_execution, jit_compile", [(1, False), (4, False), (1, True), (4, True)]
+)
+def test_fit_averages_every_nth_step(tmp_path, circles, steps_per_execution, jit_compile):
     x, y = circles.x_train[:N], circles.y_train[:N]
     model = tiny_mlp()
     reference = tiny_mlp()
@@ -38,6 +42,7 @@ def test_fit_averages_every_nth_step(tmp_path, circles, steps_per_execution):
         keras.optimizers.SGD(LR),
         "binary_crossentropy",
         steps_per_execution=steps_per_execution,
+        jit_compile=jit_compile,
     )
     callback = tbgrad.GradientTensorBoard(tmp_path, stats_every=EVERY)
     model.fit(x, y, epochs=EPOCHS, batch_size=BATCH, shuffle=False, verbose=0, callbacks=[callback])
@@ -52,6 +57,30 @@ def test_fit_averages_every_nth_step(tmp_path, circles, steps_per_execution):
         got_std = run.train.scalar(tags.layer_tag(tags.GRAD_STD, layer))
         np.testing.assert_allclose(got_mean_abs, want_mean_abs, rtol=1e-5, err_msg=layer)
         np.testing.assert_allclose(got_std, want_std, rtol=1e-5, err_msg=layer)
+
+
+@pytest.mark.parametrize("steps_per_execution", [1, 4])
+def test_fit_first_nonfinite_step_counts_the_steps_left_out(
+    tmp_path, circles, steps_per_execution
+):
+    x, y = circles.x_train[:N].copy(), circles.y_train[:N]
+    x[100, 0] = np.nan  # in step 3 (samples 96-127), one of those counted
+    model = tiny_mlp()
+    model.compile(
+        keras.optimizers.SGD(LR), "binary_crossentropy", steps_per_execution=steps_per_execution
+    )
+    callback = tbgrad.TensorBoard(tmp_path, histogram_freq=0, stats_every=EVERY)
+    model.fit(x, y, epochs=EPOCHS, batch_size=BATCH, shuffle=False, verbose=0, callbacks=[callback])
+    assert callback.first_nonfinite == {
+        "what": "gradient",
+        "layer": "hidden_1",
+        "epoch": 0,
+        "step_in_epoch": 3,
+        "step": 3,
+    }
+    # The model trains on afterwards without the hook: no train function of
+    # the callback's is left behind.
+    assert model.train_function is None
 
 
 @pytest.mark.parametrize("jit_compile", [False, True], ids=["no-xla", "xla"])
