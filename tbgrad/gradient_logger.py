@@ -338,7 +338,9 @@ class GradientLogger:
             "step_in_epoch": index,
             "step": None if index is None else steps_before + index,
         }
-        self.summary.write_text(tags.FIRST_NONFINITE, describe_nonfinite(self.first_nonfinite), epoch)
+        self.summary.write_text(
+            tags.FIRST_NONFINITE, describe_nonfinite(self.first_nonfinite), epoch
+        )
 
     def _check_observed(self, epoch: int) -> None:
         self._checked = True

@@ -280,11 +280,7 @@ class GradientStats:
             on_nonfinite=lambda bad: self._record_nonfinite(1, self._step_index(), bad),
             # The steps stats_every counts (_seen is this step's index until
             # update() counts it); under XLA masked, as the statistics.
-            due=(
-                (lambda: tf.equal(self._seen % self.stats_every, 0))
-                if self._gated
-                else None
-            ),
+            due=((lambda: tf.equal(self._seen % self.stats_every, 0)) if self._gated else None),
             masked=self.jit_compile,
         )
         self.activations = (

@@ -113,8 +113,7 @@ TABLE = (
         f"`{TRAIN_DIR}/{GRADIENTS}/<layer>`",
         "Histograms, Distributions",
         "every `histogram_freq` epochs",
-        "the kernel gradient the optimizer applied in the epoch's first step (finite "
-        "entries)",
+        "the kernel gradient the optimizer applied in the epoch's first step (finite entries)",
     ),
     (
         f"`{TRAIN_DIR}/{WEIGHTS}/<layer>`",

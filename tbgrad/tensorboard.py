@@ -215,9 +215,7 @@ class TensorBoard(keras.callbacks.TensorBoard):
         if self._plain_function is not None:
             # ``batch``: the step's index in the epoch (one step per call).
             counted = batch % self.stats_every == 0
-            self.model.train_function = (
-                self._counted_function if counted else self._plain_function
-            )
+            self.model.train_function = self._counted_function if counted else self._plain_function
             self._seen = batch + 1
 
     def on_train_batch_end(self, batch, logs=None):

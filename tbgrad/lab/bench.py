@@ -651,7 +651,9 @@ def _train_step(model, optimizer, batch, name: str):
         elif name in NO_ACTIVATIONS:
             stats = make_stats(layers, jit_compile=xla)
         else:
-            stats = make_stats(layers, jit_compile=xla, activations=activation_layers(model, layers))
+            stats = make_stats(
+                layers, jit_compile=xla, activations=activation_layers(model, layers)
+            )
         activations = stats.activations
         if activations is not None:
             activations.install()

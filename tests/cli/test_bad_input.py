@@ -217,7 +217,9 @@ def test_layers_without_kernel_are_skipped(tmp_path):
     )
     run = load_run(tmp_path)
     logged = {**run.train.scalars, **run.train.histograms}
-    expected = set(tags.layer_tags(["dense_a", "out"], activations={"dense_a": "tanh", "out": "sigmoid"}))
+    expected = set(
+        tags.layer_tags(["dense_a", "out"], activations={"dense_a": "tanh", "out": "sigmoid"})
+    )
     assert {tag for tag in logged if "/" in tag} == expected - {tags.GRAD_RATIO}
 
 

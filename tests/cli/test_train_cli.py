@@ -208,8 +208,17 @@ def test_first_nonfinite_is_printed_and_kept_in_the_run(tmp_path, loop):
     # A learning rate of 1e30 takes the weights past float32 within two
     # steps (which step and layer: tests/library/test_diagnostic_signals.py).
     proc = run_train(
-        "--depth", "2", "--epochs", "2", "--lr", "1e30", "--loop", loop,
-        "--logdir", str(tmp_path), "--quiet",
+        "--depth",
+        "2",
+        "--epochs",
+        "2",
+        "--lr",
+        "1e30",
+        "--loop",
+        loop,
+        "--logdir",
+        str(tmp_path),
+        "--quiet",
     )
     assert proc.returncode == 0, proc.stderr
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]

@@ -57,14 +57,29 @@ def train(model, path, loop, optimizer, x, y, **kwargs):
         model.compile(optimizer, "binary_crossentropy")
         callback = tbgrad.TensorBoard(path, **kwargs)
         model.fit(
-            x, y, batch_size=BATCH, epochs=EPOCHS, shuffle=False, verbose=0,
-            validation_data=(x[:8] * 10, y[:8]), callbacks=[callback],
+            x,
+            y,
+            batch_size=BATCH,
+            epochs=EPOCHS,
+            shuffle=False,
+            verbose=0,
+            validation_data=(x[:8] * 10, y[:8]),
+            callbacks=[callback],
         )
         return callback.first_nonfinite
     tbgrad.train_with_tape(
-        model, x, y, epochs=EPOCHS, batch_size=BATCH, optimizer=optimizer, log_dir=path,
-        shuffle=False, verbose=0, jit_compile=loop == "tape+xla",
-        validation_data=(x[:8] * 10, y[:8]), **kwargs,
+        model,
+        x,
+        y,
+        epochs=EPOCHS,
+        batch_size=BATCH,
+        optimizer=optimizer,
+        log_dir=path,
+        shuffle=False,
+        verbose=0,
+        jit_compile=loop == "tape+xla",
+        validation_data=(x[:8] * 10, y[:8]),
+        **kwargs,
     )
     return None
 
@@ -195,7 +210,9 @@ def test_first_nonfinite_gradient_step_and_layer(tmp_path, loop):
     if loop == "fit":
         assert first == expected
     text = _texts(tmp_path / "train")
-    assert text == {0: "hidden_1 gradient turned NaN or Inf at step 2 (epoch 0, step 2 of the epoch)"}
+    assert text == {
+        0: "hidden_1 gradient turned NaN or Inf at step 2 (epoch 0, step 2 of the epoch)"
+    }
 
 
 def test_first_nonfinite_weight_from_an_overflowing_update(tmp_path):
@@ -230,7 +247,10 @@ def test_conv_outputs_are_counted_per_channel(tmp_path):
         [
             keras.Input((5, 5, 1)),
             keras.layers.Conv2D(
-                3, 3, activation="relu", name="conv",
+                3,
+                3,
+                activation="relu",
+                name="conv",
                 bias_initializer=keras.initializers.Constant([0.0, -100.0, 0.0]),
             ),
             keras.layers.Flatten(),
@@ -238,8 +258,15 @@ def test_conv_outputs_are_counted_per_channel(tmp_path):
         ]
     )
     model.compile(keras.optimizers.SGD(0.0), "binary_crossentropy")
-    model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0,
-              callbacks=[tbgrad.TensorBoard(tmp_path)])
+    model.fit(
+        x,
+        y,
+        batch_size=BATCH,
+        epochs=1,
+        shuffle=False,
+        verbose=0,
+        callbacks=[tbgrad.TensorBoard(tmp_path)],
+    )
     conv = keras.Model(model.inputs, model.get_layer("conv").output)
     outputs = [np.asarray(conv(x[s : s + BATCH])) for s in range(0, N, BATCH)]
     zero = np.mean([np.mean(a == 0) for a in outputs])
@@ -294,13 +321,24 @@ def test_activation_health_with_a_loss_scale_optimizer_and_accumulation(tmp_path
     # gradients (the 2nd and 4th of the epoch), as the gradient tags do.
     x, y = data()
     for name, optimizer, counted in [
-        ("loss-scale", keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.0)), [0, 1, 2, 3]),
+        (
+            "loss-scale",
+            keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.0)),
+            [0, 1, 2, 3],
+        ),
         ("accumulate", keras.optimizers.SGD(0.0, gradient_accumulation_steps=2), [1, 3]),
     ]:
         model = health_model()
         model.compile(optimizer, "binary_crossentropy")
-        model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0,
-                  callbacks=[tbgrad.TensorBoard(tmp_path / name)])
+        model.fit(
+            x,
+            y,
+            batch_size=BATCH,
+            epochs=1,
+            shuffle=False,
+            verbose=0,
+            callbacks=[tbgrad.TensorBoard(tmp_path / name)],
+        )
         features = keras.Model(model.inputs, model.get_layer("t").output)
         per_step = [
             np.mean(np.abs(np.asarray(features(x[s : s + BATCH]))) > 0.97)
@@ -308,7 +346,9 @@ def test_activation_health_with_a_loss_scale_optimizer_and_accumulation(tmp_path
         ]
         run = load_run(tmp_path / name).train
         saturated = run.scalar(tags.layer_tag(tags.ACTIVATION_SATURATED, "t"))
-        np.testing.assert_allclose(saturated, [np.mean([per_step[i] for i in counted])], err_msg=name)
+        np.testing.assert_allclose(
+            saturated, [np.mean([per_step[i] for i in counted])], err_msg=name
+        )
 
 
 def test_recurrent_and_transposed_layers_never_break_fit(tmp_path):
@@ -327,10 +367,17 @@ def test_recurrent_and_transposed_layers_never_break_fit(tmp_path):
         )
         model.compile("sgd", "binary_crossentropy")
         x = rng.normal(size=(16, 3, 2)).astype("float32")
-        model.fit(x, np.ones((16, 1)), epochs=1, verbose=0,
-                  callbacks=[tbgrad.TensorBoard(tmp_path / f"lstm{i}")])
+        model.fit(
+            x,
+            np.ones((16, 1)),
+            epochs=1,
+            verbose=0,
+            callbacks=[tbgrad.TensorBoard(tmp_path / f"lstm{i}")],
+        )
         assert _activation_tags(tmp_path / f"lstm{i}") == {
-            "activation_zero/d", "activation_dead/d", "activation_saturated/out"
+            "activation_zero/d",
+            "activation_dead/d",
+            "activation_saturated/out",
         }
     model = keras.Sequential(
         [
@@ -342,7 +389,9 @@ def test_recurrent_and_transposed_layers_never_break_fit(tmp_path):
     )
     model.compile("sgd", "binary_crossentropy")
     x = rng.normal(size=(8, 4, 4, 7)).astype("float32")
-    model.fit(x, np.ones((8, 1)), epochs=1, verbose=0, callbacks=[tbgrad.TensorBoard(tmp_path / "t")])
+    model.fit(
+        x, np.ones((8, 1)), epochs=1, verbose=0, callbacks=[tbgrad.TensorBoard(tmp_path / "t")]
+    )
     assert "activation_dead/up" in _activation_tags(tmp_path / "t")
 
 
@@ -356,12 +405,27 @@ def test_a_fit_stopped_by_an_exception_leaves_the_next_callback_whole(tmp_path):
             raise RuntimeError("stop")
 
     with pytest.raises(RuntimeError):
-        model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0,
-                  callbacks=[tbgrad.TensorBoard(tmp_path / "a"), Stop()])
-    model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0,
-              callbacks=[tbgrad.TensorBoard(tmp_path / "b")])
+        model.fit(
+            x,
+            y,
+            batch_size=BATCH,
+            epochs=1,
+            verbose=0,
+            callbacks=[tbgrad.TensorBoard(tmp_path / "a"), Stop()],
+        )
+    model.fit(
+        x,
+        y,
+        batch_size=BATCH,
+        epochs=1,
+        shuffle=False,
+        verbose=0,
+        callbacks=[tbgrad.TensorBoard(tmp_path / "b")],
+    )
     shares, _, _ = expected_health(model, x)
-    saturated = load_run(tmp_path / "b").train.scalar(tags.layer_tag(tags.ACTIVATION_SATURATED, "t"))
+    saturated = load_run(tmp_path / "b").train.scalar(
+        tags.layer_tag(tags.ACTIVATION_SATURATED, "t")
+    )
     np.testing.assert_allclose(saturated, [shares["t"]])
 
 

@@ -60,9 +60,7 @@ def test_fit_averages_every_nth_step(tmp_path, circles, steps_per_execution, jit
 
 
 @pytest.mark.parametrize("steps_per_execution", [1, 4])
-def test_fit_first_nonfinite_step_counts_the_steps_left_out(
-    tmp_path, circles, steps_per_execution
-):
+def test_fit_first_nonfinite_step_counts_the_steps_left_out(tmp_path, circles, steps_per_execution):
     x, y = circles.x_train[:N].copy(), circles.y_train[:N]
     x[100, 0] = np.nan  # in step 3 (samples 96-127), one of those counted
     model = tiny_mlp()
