@@ -81,10 +81,10 @@ class TensorBoard(keras.callbacks.TensorBoard):
             epoch's ``grad_mean_abs``, ``grad_std`` and ``grad_nonfinite``
             are then over those steps. For very large models, where the
             statistics cost more than a few percent of a step. Default 1:
-            every step. With one step per call (``steps_per_execution=1``)
-            the steps left out run a second train function, traced without
-            the statistics (one more trace per ``fit``); with several, the
-            train step picks its steps itself.
+            every step. Under XLA (``jit_compile=True``) with one step per
+            call, the steps left out run a second train function, compiled
+            without the statistics (one more compile per ``fit``);
+            otherwise the train step skips them itself.
         diagnostics: Also log the update-to-weight ratio per layer, the
             saturated and dead units of each tanh, sigmoid or relu layer
             (from the training forward pass) and, with a clipping optimizer,
@@ -324,9 +324,17 @@ class TensorBoard(keras.callbacks.TensorBoard):
                     self._log_weight_as_image(weight, f"{name}/image", epoch)
 
     def _selects_steps(self) -> bool:
-        # stats_every's steps chosen here, between fit's steps, where each
-        # call of the train function runs one step (else in the train step).
-        return self.stats_every > 1 and getattr(self.model, "steps_per_execution", 1) == 1
+        # stats_every's steps chosen here, between fit's steps, under XLA
+        # with one step per call: an XLA step computes the statistics every
+        # step and masks the ones left out (2.4x against 1.5x of fit-xla per
+        # epoch, 20 x 256, docs/benchmarks.md). Without XLA the step skips
+        # them in a cond, and a second train function costs one more trace
+        # per fit and measured no faster per epoch.
+        return (
+            self.stats_every > 1
+            and bool(self.model.jit_compile)
+            and getattr(self.model, "steps_per_execution", 1) == 1
+        )
 
     @property
     def _stats(self) -> GradientStats | None:

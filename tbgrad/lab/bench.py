@@ -8,11 +8,7 @@ Ways to train the same model on the same data, run side by side:
 * ``fit+keras_tb``: ``model.fit`` with ``keras.callbacks.TensorBoard(histogram_freq=1)``;
 * ``fit+tbgrad``: ``model.fit`` with tbgrad's callback (``histogram_freq=1``);
 * ``fit+tbgrad(h0)``: the callback with ``histogram_freq=0``;
-* ``fit+tbgrad(every8)``: the callback with ``stats_every=8``: the steps
-  left out run a train function traced without the statistics;
-* ``fit+tbgrad(every8,in-step)``: ``stats_every=8`` chosen inside one train
-  function that every step runs (the callback's earlier form; still the form
-  with ``steps_per_execution`` > 1, the tape loop and your own loop);
+* ``fit+tbgrad(every8)``: the callback with ``stats_every=8``;
 * ``fit+tbgrad(every8,no-diag)``: ``stats_every=8``, ``diagnostics=False``;
 * ``fit+tbgrad(no-diag)``: the callback with ``diagnostics=False`` (no
   update ratios, activation health or clipping statistics);
@@ -23,6 +19,11 @@ Ways to train the same model on the same data, run side by side:
 * ``fit-xla``, ``fit-xla+tbgrad``: ``fit`` and ``fit+tbgrad`` compiled with
   ``jit_compile=True`` (Keras's default ``"auto"`` resolves to XLA only on a
   machine with a GPU; each variant's resolved value is printed);
+* ``fit-xla+tbgrad(every8)``: ``stats_every=8`` under XLA, where the steps
+  left out run a second train function, compiled without the statistics;
+  ``fit-xla+tbgrad(every8,in-step)``: the callback's earlier form, one
+  train function for every step, which computes the statistics every step
+  and masks the steps left out;
 * ``fit-epoch``, ``fit-epoch+tbgrad``: ``fit`` and ``fit+tbgrad`` compiled
   with ``steps_per_execution`` = the steps of an epoch (one call per epoch);
 * ``tape``: :func:`tbgrad.train_with_tape` (histograms every epoch);
@@ -81,12 +82,13 @@ VARIANTS = (
     "fit+tbgrad",
     "fit+tbgrad(h0)",
     "fit+tbgrad(every8)",
-    "fit+tbgrad(every8,in-step)",
     "fit+tbgrad(every8,no-diag)",
     "fit+tbgrad(no-diag)",
     "fit+tbgrad(epoch-work)",
     "fit-xla",
     "fit-xla+tbgrad",
+    "fit-xla+tbgrad(every8)",
+    "fit-xla+tbgrad(every8,in-step)",
     "fit-epoch",
     "fit-epoch+tbgrad",
     "tape",
@@ -265,7 +267,7 @@ def _tbgrad_callback(log_dir, histogram_freq=1, stats_every=1, diagnostics=True)
 
 def _in_step_callback(log_dir, stats_every=8):
     # The callback as it was before it chose stats_every's steps between
-    # fit's steps: every step runs one train function, which picks its steps.
+    # fit's steps under XLA: one train function, which picks its steps.
     from tbgrad.gradient_tensorboard import GradientTensorBoard
 
     class InStep(GradientTensorBoard):
@@ -372,7 +374,6 @@ RUNNERS: dict[str, Callable] = {
     "fit+tbgrad": _run_fit(_tbgrad_callback),
     "fit+tbgrad(h0)": _run_fit(functools.partial(_tbgrad_callback, histogram_freq=0)),
     "fit+tbgrad(every8)": _run_fit(functools.partial(_tbgrad_callback, stats_every=8)),
-    "fit+tbgrad(every8,in-step)": _run_fit(_in_step_callback),
     "fit+tbgrad(every8,no-diag)": _run_fit(
         functools.partial(_tbgrad_callback, stats_every=8, diagnostics=False)
     ),
@@ -380,6 +381,10 @@ RUNNERS: dict[str, Callable] = {
     "fit+tbgrad(epoch-work)": _run_fit(_epoch_work_callback),
     "fit-xla": _run_fit(None, jit_compile=True),
     "fit-xla+tbgrad": _run_fit(_tbgrad_callback, jit_compile=True),
+    "fit-xla+tbgrad(every8)": _run_fit(
+        functools.partial(_tbgrad_callback, stats_every=8), jit_compile=True
+    ),
+    "fit-xla+tbgrad(every8,in-step)": _run_fit(_in_step_callback, jit_compile=True),
     "fit-epoch": _run_fit(None, whole_epoch=True),
     "fit-epoch+tbgrad": _run_fit(_tbgrad_callback, whole_epoch=True),
     "tape": _run_tape,

@@ -116,3 +116,38 @@ def test_update_ratio_with_stats_every_is_over_those_steps(tmp_path, circles, lo
     logged = np.array([train.scalar(tags.layer_tag(tags.UPDATE_RATIO, n)) for n in LAYERS]).T
     np.testing.assert_allclose(logged, expected, rtol=1e-4)
     assert not np.allclose(expected, everything, rtol=1e-2)
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["if", "xla-scaled"])
+def test_update_ratio_of_huge_zero_and_nan_weights(masked):
+    # Both forms of the norms: an If with a float64 recount (without XLA),
+    # and norms scaled by the largest |w| (XLA, which compiles both branches
+    # of an If). Weights near 1e37 square past float32; a zero kernel that
+    # moves has ratio inf; a weight turned NaN gives NaN and is reported.
+    start = [
+        np.full((3, 2), 1e37, np.float32),
+        np.zeros((2, 2), np.float32),
+        np.ones(4, np.float32),
+    ]
+    moves = [
+        np.full((3, 2), 1e36, np.float32),
+        np.ones((2, 2), np.float32),
+        np.full(4, np.nan, np.float32),
+    ]
+    kernels = [tf.Variable(w) for w in start]
+    found = []
+    ratios = UpdateRatios(kernels, on_nonfinite=found.append, masked=masked)
+
+    @tf.function(jit_compile=masked)
+    def step():
+        ratios.before_update()
+        for k, d in zip(kernels, moves):
+            k.assign_add(d)
+        ratios.after_update()
+        return found.pop()
+
+    bad = step().numpy()
+    got = ratios.epoch_scalars()[tags.UPDATE_RATIO]
+    np.testing.assert_allclose(got[0], 0.1, rtol=1e-5)
+    assert got[1] == np.inf and np.isnan(got[2])
+    assert bad.tolist() == [False, False, True]
