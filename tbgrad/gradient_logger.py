@@ -78,7 +78,8 @@ class GradientLogger:
         caller_selects_steps: With ``stats_every`` > 1, you run a train
             function traced in :meth:`paused` on the steps not counted, and
             report the steps seen with ``stats.set_seen`` before
-            :meth:`end_epoch` (``tbgrad.TensorBoard`` does so in ``fit``).
+            :meth:`end_epoch` (``tbgrad.TensorBoard`` does so in ``fit``
+            under XLA).
 
     The first step and layer whose gradient or weights turn NaN or Inf are
     kept in :attr:`first_nonfinite` and written once as the text tag

@@ -212,8 +212,8 @@ class GradientStats:
             train step traced with the statistics on the steps to count only,
             and another, traced without them (:meth:`OptimizerHook.paused
             <tbgrad.hook.OptimizerHook.paused>`), on the others, as
-            ``tbgrad.TensorBoard`` does in ``fit``: no step then pays for the
-            selection. The caller reports the steps seen (:meth:`set_seen`).
+            ``tbgrad.TensorBoard`` does in ``fit`` under XLA: no step then
+            pays for the selection. The caller reports the steps seen (:meth:`set_seen`).
 
     Create it in the distribution strategy's scope (if any): its variables
     are then mirrored and updated by the first replica only.

@@ -326,8 +326,9 @@ class TensorBoard(keras.callbacks.TensorBoard):
     def _selects_steps(self) -> bool:
         # stats_every's steps chosen here, between fit's steps, under XLA
         # with one step per call: an XLA step computes the statistics every
-        # step and masks the ones left out (2.4x against 1.5x of fit-xla per
-        # epoch, 20 x 256, docs/benchmarks.md). Without XLA the step skips
+        # step and masks the ones left out (stats_every=8 cost 2.3x of
+        # fit-xla's CPU time per epoch in the step, 1.4x this way; 20 x 256,
+        # docs/benchmarks.md). Without XLA the step skips
         # them in a cond, and a second train function costs one more trace
         # per fit and measured no faster per epoch.
         return (

@@ -28,8 +28,9 @@ EVERY = 3  # steps 0, 3 and 6 of each epoch
 LAYERS = ["hidden_1", "hidden_2", "output"]
 
 
-# One step per call: the callback runs a train function without the
-# statistics on the steps left out; several: the train step picks its steps.
+# Under XLA with one step per call, the callback runs a train function
+# without the statistics on the steps left out; otherwise the train step
+# picks its steps.
 @pytest.mark.parametrize(
     "steps_per_execution, jit_compile", [(1, False), (4, False), (1, True), (4, True)]
 )
@@ -59,13 +60,18 @@ def test_fit_averages_every_nth_step(tmp_path, circles, steps_per_execution, jit
         np.testing.assert_allclose(got_std, want_std, rtol=1e-5, err_msg=layer)
 
 
-@pytest.mark.parametrize("steps_per_execution", [1, 4])
-def test_fit_first_nonfinite_step_counts_the_steps_left_out(tmp_path, circles, steps_per_execution):
+@pytest.mark.parametrize("steps_per_execution, jit_compile", [(1, False), (4, False), (1, True)])
+def test_fit_first_nonfinite_step_counts_the_steps_left_out(
+    tmp_path, circles, steps_per_execution, jit_compile
+):
     x, y = circles.x_train[:N].copy(), circles.y_train[:N]
     x[100, 0] = np.nan  # in step 3 (samples 96-127), one of those counted
     model = tiny_mlp()
     model.compile(
-        keras.optimizers.SGD(LR), "binary_crossentropy", steps_per_execution=steps_per_execution
+        keras.optimizers.SGD(LR),
+        "binary_crossentropy",
+        steps_per_execution=steps_per_execution,
+        jit_compile=jit_compile,
     )
     callback = tbgrad.TensorBoard(tmp_path, histogram_freq=0, stats_every=EVERY)
     model.fit(x, y, epochs=EPOCHS, batch_size=BATCH, shuffle=False, verbose=0, callbacks=[callback])
