@@ -185,12 +185,12 @@ class TensorBoard(keras.callbacks.TensorBoard):
         # A train function traced before this fit would not call the hook.
         self.model.train_function = None
         self.model.make_train_function(force=True)
-        self._counted_function = self.model.train_function
         if selects:
             # The steps stats_every leaves out run a second train function,
             # traced with the hook paused: Keras's own step, with nothing of
             # the statistics' selection in it (fit looks model.train_function
             # up anew for every step).
+            self._counted_function = self.model.train_function
             self.model.make_train_function(force=True)
             plain = self.model.train_function
             gradients = self._gradients
@@ -328,9 +328,9 @@ class TensorBoard(keras.callbacks.TensorBoard):
         # with one step per call: an XLA step computes the statistics every
         # step and masks the ones left out (stats_every=8 cost 2.3x of
         # fit-xla's CPU time per epoch in the step, 1.4x this way; 20 x 256,
-        # docs/benchmarks.md). Without XLA the step skips
-        # them in a cond, and a second train function costs one more trace
-        # per fit and measured no faster per epoch.
+        # docs/benchmarks.md). Without XLA the step skips them in a cond,
+        # and a second train function costs one more trace per fit and
+        # measured no faster per epoch.
         return (
             self.stats_every > 1
             and bool(self.model.jit_compile)
