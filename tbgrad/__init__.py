@@ -26,16 +26,12 @@ __version__ = "0.1.0"
 
 _PUBLIC = {
     "TensorBoard": "tbgrad.tensorboard",
-    "GradientTensorBoard": "tbgrad.gradient_tensorboard",
     "GradientLogger": "tbgrad.gradient_logger",
     "train_with_tape": "tbgrad.tape",
-    "OptimizerHook": "tbgrad.hook",
-    "GradientStats": "tbgrad.stats",
-    "kernel_layers": "tbgrad.stats",
-    "tracked_variables": "tbgrad.stats",
-    "SummaryLogger": "tbgrad.summary",
-    "write_hparams": "tbgrad.hparams",
-    "write_verdict": "tbgrad.hparams",
+    "Statistic": "tbgrad.statistics",
+    "Family": "tbgrad.statistics",
+    "REGISTRY": "tbgrad.statistics",
+    "tracked_variables": "tbgrad.variables",
     "load_run": "tbgrad.eventlog",
     "find_runs": "tbgrad.eventlog",
     "verdict_of": "tbgrad.verdict",
@@ -45,34 +41,27 @@ _PUBLIC = {
 _SUBPACKAGES = ("lab", "cli", "dashboard")
 
 __all__ = [
+    "REGISTRY",
     "Explanation",
+    "Family",
     "GradientLogger",
-    "GradientStats",
-    "GradientTensorBoard",
-    "OptimizerHook",
-    "SummaryLogger",
+    "Statistic",
     "TensorBoard",
     "explain",
     "find_runs",
-    "kernel_layers",
     "load_run",
     "tracked_variables",
     "train_with_tape",
     "verdict_of",
-    "write_hparams",
-    "write_verdict",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from tbgrad.eventlog import find_runs, load_run
     from tbgrad.gradient_logger import GradientLogger
-    from tbgrad.gradient_tensorboard import GradientTensorBoard
-    from tbgrad.hook import OptimizerHook
-    from tbgrad.hparams import write_hparams, write_verdict
-    from tbgrad.stats import GradientStats, kernel_layers, tracked_variables
-    from tbgrad.summary import SummaryLogger
+    from tbgrad.statistics import REGISTRY, Family, Statistic
     from tbgrad.tape import train_with_tape
     from tbgrad.tensorboard import TensorBoard
+    from tbgrad.variables import tracked_variables
     from tbgrad.verdict import Explanation, explain, verdict_of
 
 

@@ -261,3 +261,38 @@ def unwrap_activation(layer) -> None:
     original = getattr(layer.activation, WRAPPED_ACTIVATION, None)
     if original is not None:
         layer.activation = original
+
+
+def in_graph() -> bool:
+    """Whether a ``tf.function`` (not eager code) is being traced."""
+    return not tf.executing_eagerly()
+
+
+def visible_in_current_graph(tensor) -> bool:
+    """Whether ``tensor`` belongs to the graph being traced or to one it is
+    nested in: the optimizer's step may run in a cond branch
+    (LossScaleOptimizer, gradient accumulation), whose graph reaches the
+    forward pass's outputs through ``FuncGraph.outer_graph``. No public API
+    gives a graph's enclosing graph."""
+    graph = tf.compat.v1.get_default_graph()
+    owner = getattr(tensor, "graph", None)
+    while graph is not None:
+        if owner is graph:
+            return True
+        graph = getattr(graph, "outer_graph", None)
+    return False
+
+
+def densify(gradient):
+    """A gradient as a dense tensor (an embedding's arrives as
+    ``tf.IndexedSlices``)."""
+    if isinstance(gradient, tf.IndexedSlices):
+        return tf.convert_to_tensor(gradient)
+    return gradient
+
+
+def dense_values(gradient):
+    """The values a gradient holds: an ``IndexedSlices``' rows, else itself."""
+    if isinstance(gradient, tf.IndexedSlices):
+        return gradient.values
+    return gradient

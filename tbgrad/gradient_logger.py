@@ -1,11 +1,12 @@
 """``GradientLogger``: tbgrad's gradient tags from your own training loop.
 
-It observes the gradients where the optimizer applies them (the same
-:class:`~tbgrad.hook.OptimizerHook` the callback installs), accumulates them
-in :class:`~tbgrad.stats.GradientStats` inside your train step, compiled or
-eager, and writes each epoch through :class:`~tbgrad.summary.SummaryLogger`:
-the tags and folders of :class:`tbgrad.TensorBoard`. The callback and
-:func:`tbgrad.train_with_tape` are built on it.
+Once attached, it observes the gradients where the optimizer applies them
+(the same :class:`~tbgrad.hook.OptimizerHook` the callback installs), runs
+the statistics (:class:`~tbgrad.collector.Collector`) inside your train
+step, compiled or eager, and writes each epoch through
+:class:`~tbgrad.summary.SummaryLogger`: the tags and folders of
+:class:`tbgrad.TensorBoard`. The callback and :func:`tbgrad.train_with_tape`
+are built on it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import keras
 import tensorflow as tf
 
 from tbgrad import _compat, _multi_worker, tags
+from tbgrad import step as _step
 from tbgrad._validate import (
     EPOCH,
     check_histogram_freq,
@@ -27,10 +29,13 @@ from tbgrad._validate import (
     check_update_freq,
     check_variables,
 )
-from tbgrad.diagnostics import activation_layers, clips
+from tbgrad.collector import Collector, Epoch
 from tbgrad.hook import OptimizerHook
-from tbgrad.stats import KERNELS, GradientStats, tracked_variables
+from tbgrad.statistics import REGISTRY, Setup
+from tbgrad.statistics.activations import activation_layers
+from tbgrad.statistics.clipping import clip_limits
 from tbgrad.summary import SummaryLogger
+from tbgrad.variables import KERNELS, tracked_variables
 
 VAL_PREFIX = "val_"
 
@@ -38,10 +43,11 @@ VAL_PREFIX = "val_"
 class GradientLogger:
     """Logs per-layer gradients and weights of your own training loop.
 
-    Create it before your train step first runs; it then sees every gradient
-    ``optimizer.apply_gradients`` (or ``apply``) applies, inside a
+    :meth:`attach` it before your train step first runs; it then sees every
+    gradient ``optimizer.apply_gradients`` (or ``apply``) applies, inside a
     ``tf.function`` or eagerly. Call :meth:`end_epoch` after each epoch and
-    :meth:`close` at the end (or use it as a context manager).
+    :meth:`close` at the end (or use it as a context manager, which attaches
+    and closes it).
 
     Args:
         model: The Keras model being trained.
@@ -56,30 +62,22 @@ class GradientLogger:
             number of steps observed so far).
         variables: ``"kernels"`` (every layer's kernel), ``"all"`` (every
             trainable variable) or a predicate ``callable(variable) -> bool``
-            (see :func:`tbgrad.stats.tracked_variables` for the names).
+            (see :func:`tbgrad.variables.tracked_variables` for the names).
         optimizer: The optimizer whose applied gradients are logged; default
             ``model.optimizer``. With neither, pass the gradients yourself
             with :meth:`observe`.
-        jit_compile: Whether the train step is compiled with XLA
-            (``tf.function(jit_compile=True)``): the statistics then take
-            their XLA form (the same numbers).
-        stats_every: Compute the gradient statistics on every this many
-            training steps only (the epoch's steps 0, N, 2N, ...): the
-            epoch's ``grad_mean_abs``, ``grad_std`` and ``grad_nonfinite``
-            are then over those steps. For very large models, where the
-            statistics cost more than a few percent of a step. Default 1:
-            every step.
-        diagnostics: Also log why a gradient vanishes: the update-to-weight
-            ratio per layer, the saturated (tanh, sigmoid) and dead (relu)
-            units of each layer's outputs in the training forward pass, and,
-            with a clipping optimizer, how often clipping changed the
-            gradients. False logs the gradient and weight statistics only
-            (cheaper: the update ratio reads every kernel twice a step).
-        caller_selects_steps: With ``stats_every`` > 1, you run a train
-            function traced in :meth:`paused` on the steps not counted, and
-            report the steps seen with ``stats.set_seen`` before
-            :meth:`end_epoch` (``tbgrad.TensorBoard`` does so in ``fit``
-            under XLA).
+        jit_compile: Whether the train step is compiled with XLA (a step a
+            cadence leaves out is then computed and masked: the same numbers).
+        stats_every: The gradient record (``grad_*``) over the epoch's steps
+            0, N, 2N, ... only. Default 1: every step, exact.
+        diagnostics: Also log why a gradient vanishes: update-to-weight
+            ratios, saturated (tanh, sigmoid) and dead (relu) units of the
+            training forward pass, clipping. False: the record only.
+        diagnostics_every: The diagnostics on the epoch's first step and
+            every this many after it (default 16; 1: every step).
+        statistics: The statistic classes (default
+            :data:`tbgrad.statistics.REGISTRY`; add your own
+            :class:`tbgrad.statistics.Statistic`).
 
     The first step and layer whose gradient or weights turn NaN or Inf are
     kept in :attr:`first_nonfinite` and written once as the text tag
@@ -90,23 +88,15 @@ class GradientLogger:
             TensorFlow.
 
     Example:
-        Study B's loop (shuffle buffer 1024, batch 32), three lines added::
+        Three lines added to a GradientTape loop (``train_step`` calls
+        ``optimizer.apply_gradients``)::
 
-            logger = tbgrad.GradientLogger(model, "logs/b", optimizer=optimizer)  # added
-
-            @tf.function
-            def train_step(xb, yb):
-                with tf.GradientTape() as tape:
-                    loss = loss_fn(yb, model(xb, training=True))
-                grads = tape.gradient(loss, model.trainable_variables)
-                optimizer.apply_gradients(zip(grads, model.trainable_variables))
-                return loss
-
+            logger = tbgrad.GradientLogger(model, "logs/b", optimizer=optimizer).attach()
             for epoch in range(100):
                 for xb, yb in dataset:
                     loss = train_step(xb, yb)
-                logger.end_epoch(epoch, {"loss": loss})  # added
-            logger.close()  # added
+                logger.end_epoch(epoch, {"loss": loss})
+            logger.close()
     """
 
     def __init__(
@@ -121,47 +111,100 @@ class GradientLogger:
         jit_compile: bool = False,
         stats_every: int = 1,
         diagnostics: bool = True,
-        caller_selects_steps: bool = False,
+        diagnostics_every: int = _step.DEFAULT_DIAGNOSTICS_EVERY,
+        statistics=REGISTRY,
     ):
         check_keras_backend(f"tbgrad.{type(self).__name__}")
         self.stats_every = check_int("stats_every", stats_every, 1)
+        self.diagnostics_every = check_int("diagnostics_every", diagnostics_every, 1)
         check_histogram_freq(histogram_freq)
         check_update_freq(update_freq)
         check_variables(variables)
         self.model = model
-        # Under a multi-worker strategy only the chief writes into log_dir;
-        # the other workers write into a temporary folder, removed on close.
-        self.log_dir, self._temporary_log_dir = _multi_worker.writable_log_dir(
-            os.fspath(log_dir), getattr(model, "distribute_strategy", None)
-        )
+        self.requested_log_dir = os.fspath(log_dir)
+        self.log_dir = self.requested_log_dir
         self.histogram_freq = histogram_freq
         self.update_freq = update_freq
         self.variables = variables
         self.optimizer = optimizer if optimizer is not None else getattr(model, "optimizer", None)
         self.jit_compile = bool(jit_compile)
         self.diagnostics = bool(diagnostics)
-        self.caller_selects_steps = bool(caller_selects_steps)
+        self.statistics = tuple(statistics)
         # {"what", "layer", "epoch", "step_in_epoch", "step"} of the first
         # non-finite gradient or weight of the run, or None.
         self.first_nonfinite: dict | None = None
-        self._steps_done = 0
-        self.summary = SummaryLogger(self.log_dir, None)
         self.epoch = 0
-        self._stats: GradientStats | None = None
+        self.summary: SummaryLogger | None = None
+        self._temporary_log_dir = False
+        self._nonfinite = _RunNonfinite()
+        self._collector: Collector | None = None
         self._step: tf.Variable | None = None
         self._hook: OptimizerHook | None = None
         self._checked = False
-        if self.optimizer is not None:
-            # The hook calls update() and skip() below in every train step.
-            self._hook = OptimizerHook(self.optimizer, self)
+        self._attached = False
+
+    # -- attaching ------------------------------------------------------------
+
+    def attach(self) -> GradientLogger:
+        """Hooks the optimizer (if any) and opens the run folder; returns self.
+
+        A train step traced before this has no statistics in it.
+        """
+        if self.summary is None:
+            # Under a multi-worker strategy only the chief writes into
+            # log_dir; the others into a temporary folder, removed on close.
+            self.log_dir, self._temporary_log_dir = _multi_worker.writable_log_dir(
+                self.requested_log_dir, getattr(self.model, "distribute_strategy", None)
+            )
+            self.summary = SummaryLogger(self.log_dir)
+        if self.optimizer is not None and self._hook is None:
+            self._hook = OptimizerHook(self.optimizer, lambda: self)
             self._hook.install()
-        if _compat.all_layers_built(model):
-            self._get_stats()
+        self._attached = True
+        if self._collector is not None:
+            self._attach_collector()
+        elif _compat.all_layers_built(self.model):
+            self.collector  # noqa: B018 - made now, attached with the logger
+        return self
+
+    def _attach_collector(self) -> None:
+        collector = self._collector
+        collector.attach()
+        self.summary.describe_run(collector.names, collector.kernel_names, collector.compared_names)
+
+    def close(self) -> None:
+        """Detaches from the optimizer and the model, and flushes and closes
+        the event files. Safe to call more than once; every epoch ended is on
+        disk after it."""
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        if self._collector is not None:
+            self._collector.detach()
+        self._attached = False
+        if self.summary is not None:
+            self.summary.close()
+        if self._temporary_log_dir:
+            _multi_worker.remove_temporary(self.log_dir)
+            self._temporary_log_dir = False
+
+    def __enter__(self) -> GradientLogger:
+        return self.attach()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @property
-    def stats(self) -> GradientStats:
-        """The statistics (created when the model's layers are built)."""
-        return self._get_stats()
+    def collector(self) -> Collector:
+        """The statistics (made when the model's layers are built: from inside
+        the first trace of a train step when the model is built only there)."""
+        if self._collector is None:
+            with tf.init_scope():
+                self._collector = self._make_collector()
+                self._collector.reset(capture=self.histograms_due(self.epoch))
+            if self._attached:
+                self._attach_collector()
+        return self._collector
 
     # -- inside the train step ------------------------------------------------
 
@@ -172,23 +215,24 @@ class GradientLogger:
             grads: The gradients applied, aligned with ``variables``.
             variables: The trainable variables they belong to.
         """
-        self._get_stats().update(list(grads), list(variables))
+        self.update(list(grads), list(variables))
+        self.end_update()
+
+    # The optimizer hook's StepSink (tbgrad.hook): the statistics, then the
+    # per-step tags of an integer update_freq.
+    def begin_update(self, unclipped) -> None:
+        self.collector.begin_update(unclipped)
+
+    def update(self, grads, variables) -> None:
+        self.collector.update(grads, variables)
+
+    def end_update(self) -> None:
+        self.collector.end_update()
         if self.update_freq != EPOCH:
             self._write_step()
 
-    # OptimizerHook feeds the logger as it would feed a GradientStats.
-    update = observe
-
     def skip(self) -> None:
-        """Counts a step the optimizer skipped (LossScaleOptimizer)."""
-        self._get_stats().skip()
-
-    def paused(self):
-        """A context in which a train step traced has no statistics (see
-        :meth:`OptimizerHook.paused <tbgrad.hook.OptimizerHook.paused>`)."""
-        if self._hook is None:
-            raise ValueError("GradientLogger.paused needs an optimizer to hook; it has none")
-        return self._hook.paused()
+        self.collector.skip()
 
     # -- between epochs -------------------------------------------------------
 
@@ -197,8 +241,8 @@ class GradientLogger:
         :meth:`end_epoch`. Needed only to start at another epoch than the
         one after the last :meth:`end_epoch` (0 at first)."""
         self.epoch = epoch
-        if self._stats is not None:
-            self._stats.reset(capture=self.histograms_due(epoch))
+        if self._collector is not None:
+            self._collector.reset(capture=self.histograms_due(epoch))
 
     def end_epoch(
         self,
@@ -220,7 +264,7 @@ class GradientLogger:
             reset: Start the next epoch's statistics now. False leaves it to
                 :meth:`begin_epoch` (the callback calls it at Keras's
                 ``on_epoch_begin``).
-            snapshot: ``stats.snapshot_tensors()`` read inside a compiled
+            snapshot: ``collector.snapshot_tensors()`` read inside a compiled
                 epoch, as numpy (:func:`tbgrad.train_with_tape` does so and
                 resets the statistics there).
         """
@@ -231,12 +275,11 @@ class GradientLogger:
             lr = learning_rate(self.optimizer)
             if lr is not None:
                 train["learning_rate"] = lr
-        if snapshot is None and not self._checked:
-            self._check_observed(epoch)
-        self.summary.write_epoch(
-            epoch, train, val, histograms=self.histograms_due(epoch), snapshot=snapshot
-        )
-        self._note_nonfinite(epoch)
+        values = self.collector.epoch(snapshot, self.histograms_due(epoch))
+        if not self._checked:
+            self._check_observed(epoch, values)
+        self._open().write_epoch(epoch, train, val, values.values)
+        self._note_nonfinite(epoch, values)
         self.epoch = epoch + 1
         if reset:
             self.begin_epoch(epoch + 1)
@@ -245,65 +288,27 @@ class GradientLogger:
         """Whether ``epoch`` writes histograms (every ``histogram_freq``)."""
         return bool(self.histogram_freq) and epoch % self.histogram_freq == 0
 
-    def close(self) -> None:
-        """Restores the optimizer and flushes and closes the event files.
-
-        Safe to call more than once; every epoch ended is on disk after it.
-        """
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
-        if self._stats is not None and self._stats.activations is not None:
-            self._stats.activations.remove()
-        self.summary.close()
-        if self._temporary_log_dir:
-            _multi_worker.remove_temporary(self.log_dir)
-
-    def __enter__(self) -> GradientLogger:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     # -- helpers --------------------------------------------------------------
 
-    def _get_stats(self) -> GradientStats:
-        if self._stats is None:
-            # Called from inside the first trace of a train step when the
-            # model is built only there: create the variables eagerly.
-            with tf.init_scope():
-                self._make_stats()
-        return self._stats
+    def _open(self) -> SummaryLogger:
+        if self.summary is None:
+            self.attach()
+        return self.summary
 
-    def _make_stats(self) -> None:
-        layers = tracked_variables(self.model, self.variables)
-        if not layers:
-            what = (
-                "layer with a kernel"
-                if self.variables == KERNELS
-                else f"trainable variable that variables={self.variables!r} selects"
-            )
-            warnings.warn(
-                f"tbgrad: model {self.model.name!r} has no {what}; only the epoch_* "
-                "scalars will be written.",
-                stacklevel=4,
-            )
-        strategy = getattr(self.model, "distribute_strategy", None) or tf.distribute.get_strategy()
-        with strategy.scope():
-            self._stats = GradientStats(
-                layers,
-                jit_compile=self.jit_compile,
-                count_skips=self._hook is not None and self._hook.counts_skips,
-                stats_every=self.stats_every,
-                activations=activation_layers(self.model, layers) if self.diagnostics else (),
-                diagnostics=self.diagnostics,
-                clipping=self._hook.optimizer if self._clips() else None,
-                caller_selects_steps=self.caller_selects_steps,
-            )
-        if self._stats.activations is not None:
-            self._stats.activations.install()
-        self._stats.reset(capture=self.histograms_due(self.epoch))
-        self.summary.stats = self._stats
+    def _make_collector(self) -> Collector:
+        hooked = self._hook.optimizer if self._hook is not None else None
+        counts_skips = self._hook is not None and self._hook.counts_skips
+        return make_collector(
+            self.model,
+            self.variables,
+            hooked,
+            counts_skips,
+            self.jit_compile,
+            self.diagnostics,
+            self.stats_every,
+            self.diagnostics_every,
+            self.statistics,
+        )
 
     def _write_step(self) -> None:
         # The per-step tags, written from inside the train step on the steps
@@ -312,47 +317,93 @@ class GradientLogger:
         if self._step is None:
             with tf.init_scope():
                 self._step = tf.Variable(tf.constant(0, tf.int64), trainable=False)
-                self.summary.writer(tags.TRAIN_DIR)
+                self._open().writer(tags.TRAIN_DIR)
         step = self._step.assign_add(1)
         # Out of the optimizer's name scope, which would prefix the tags.
         with tf.compat.v1.name_scope(None):
-            self.summary.write_step_in_graph(step, {}, tf.equal(step % self.update_freq, 0))
+            self.summary.write_step_in_graph(
+                step, self.collector.step_tensors(), tf.equal(step % self.update_freq, 0)
+            )
 
-    def _clips(self) -> bool:
-        return self._hook is not None and clips(self._hook.optimizer)
-
-    def _note_nonfinite(self, epoch: int) -> None:
+    def _note_nonfinite(self, epoch: int, values: Epoch) -> None:
         # Keeps the run's first non-finite gradient or weight and writes it
         # once, as text, at its epoch.
-        values = self.summary.last_epoch_values
-        if values is None:
-            return
-        steps_before, self._steps_done = self._steps_done, self._steps_done + values.seen
+        if self._nonfinite.add(epoch, values) and self.first_nonfinite is None:
+            self.first_nonfinite = self._nonfinite.first
+            text = describe_nonfinite(self.first_nonfinite)
+            self.summary.write_text(tags.FIRST_NONFINITE, text, epoch)
+
+    def _check_observed(self, epoch: int, values: Epoch) -> None:
+        self._checked = True
+        if self.collector.names and values.seen == 0 and not values.skipped:
+            warnings.warn(
+                f"tbgrad.GradientLogger saw no gradient in epoch {epoch}: attach it "
+                "(logger.attach()) before your train step first runs (a tf.function "
+                "traced before has no hook), pass optimizer=, or call "
+                "logger.observe(grads, variables).",
+                stacklevel=3,
+            )
+
+
+def make_collector(
+    model,
+    variables,
+    optimizer,
+    counts_skips,
+    jit,
+    diagnostics,
+    every,
+    diagnostics_every,
+    statistics,
+) -> Collector:
+    """The collector of ``model``'s tracked variables, in its strategy's scope."""
+    layers = tracked_variables(model, variables)
+    if not layers:
+        what = (
+            "layer with a kernel"
+            if variables == KERNELS
+            else f"trainable variable that variables={variables!r} selects"
+        )
+        warnings.warn(
+            f"tbgrad: model {model.name!r} has no {what}; only the epoch_* "
+            "scalars will be written.",
+            stacklevel=6,
+        )
+    strategy = getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
+    setup = Setup(
+        tuple(layers),
+        activations=tuple(activation_layers(model, layers)) if diagnostics else (),
+        clip_limits=clip_limits(optimizer) if optimizer is not None else None,
+        diagnostics=diagnostics,
+        count_skips=counts_skips,
+    )
+    policy = _step.ExecutionPolicy.for_mode(jit, strategy.num_replicas_in_sync)
+    with strategy.scope():
+        return Collector(setup, policy, every, diagnostics_every, statistics)
+
+
+class _RunNonfinite:
+    """The run's first non-finite gradient or weight, from its epochs."""
+
+    def __init__(self):
+        self.steps_done = 0
+        self.first: dict | None = None
+
+    def add(self, epoch: int, values: Epoch) -> bool:
+        """Counts the epoch's steps; True when it holds the run's first."""
+        steps_before, self.steps_done = self.steps_done, self.steps_done + values.seen
         found = values.first_nonfinite
-        if found is None or self.first_nonfinite is not None:
-            return
+        if found is None or self.first is not None:
+            return False
         index = found["step"]
-        self.first_nonfinite = {
+        self.first = {
             "what": found["what"],
             "layer": found["layer"],
             "epoch": epoch,
             "step_in_epoch": index,
             "step": None if index is None else steps_before + index,
         }
-        self.summary.write_text(
-            tags.FIRST_NONFINITE, describe_nonfinite(self.first_nonfinite), epoch
-        )
-
-    def _check_observed(self, epoch: int) -> None:
-        self._checked = True
-        stats = self._get_stats()
-        if stats.layers and int(stats.epoch_stats()["steps"]) == 0 and not stats.count_skips:
-            warnings.warn(
-                f"tbgrad.GradientLogger saw no gradient in epoch {epoch}: create it before "
-                "your train step first runs (a tf.function traced before has no hook), pass "
-                "optimizer=, or call logger.observe(grads, variables).",
-                stacklevel=3,
-            )
+        return True
 
 
 def describe_nonfinite(found: dict) -> str:

@@ -54,7 +54,7 @@ def gradient_flow_layout(layers: Sequence[str]) -> layout_pb2.Layout:
 
     Args:
         layers: The layers compared with the output layer, in model order
-            (input first), e.g. :attr:`tbgrad.stats.GradientStats.compared_names`.
+            (input first), e.g. :attr:`tbgrad.collector.Collector.compared_names`.
     """
     if isinstance(layers, str):
         raise TypeError(f"layers must be a sequence of layer names. Received: {layers!r}")
@@ -73,7 +73,7 @@ def gradient_flow_layout(layers: Sequence[str]) -> layout_pb2.Layout:
 def write_layout(writer: tf.summary.SummaryWriter, layers: Sequence[str]) -> None:
     """Writes :func:`gradient_flow_layout` of ``layers`` with ``writer`` at step 0.
 
-    Call it eagerly; :class:`tbgrad.SummaryLogger` does when it creates a
+    Call it eagerly; :class:`tbgrad.summary.SummaryLogger` does when it creates a
     run's ``train/`` writer, so both training paths write it.
     """
     with writer.as_default(), tf.summary.record_if(True):

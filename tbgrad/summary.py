@@ -1,16 +1,11 @@
-"""Writes tbgrad's summaries: the one writer both training paths share.
+"""Writes tbgrad's summaries: the one writer every training path shares.
 
 :class:`SummaryLogger` owns the ``train/`` and ``validation/`` file writers of
-a run (created lazily, closed by :meth:`close`) and writes every tag of
-:mod:`tbgrad.tags`. Each logging event is a single op, not one per tag.
-
-An epoch's scalars and histograms are computed in numpy from the
-accumulator's variables and written as one serialized ``Summary`` proto per
-folder by one ``write_raw_pb`` op: nothing to trace. (A compiled function
-holding the dozens of histogram and scalar ops took seconds to trace in every
-``fit``, for a few milliseconds of work per epoch.) Per-step summaries, which
-the tape loop writes from inside its compiled epoch, are one compiled
-function.
+a run (created lazily, closed by :meth:`close`) and serialises what it is
+handed: an epoch's ``{tag: value}`` (from :meth:`tbgrad.collector.Collector.epoch`)
+as one ``Summary`` proto per folder, written by one ``write_raw_pb`` op, so
+there is nothing to trace; per-step scalars as one compiled function. It
+computes nothing.
 """
 
 from __future__ import annotations
@@ -26,7 +21,6 @@ from tensorboard.plugins.scalar import metadata as scalar_metadata
 
 from tbgrad import _compat, layout, tags
 from tbgrad.dashboard import metadata as dashboard_metadata
-from tbgrad.stats import DEFAULT_BUCKET_COUNT, GradientStats
 
 # How far the event files may lag behind training (TensorFlow's default: 120).
 FLUSH_SECONDS = 30
@@ -37,28 +31,30 @@ class SummaryLogger:
 
     Args:
         log_dir: The run folder; ``train/`` and ``validation/`` go under it.
-        stats: The gradient accumulator of the model being trained. It may be
-            set later (``logger.stats = ...``, before the first epoch is
-            written) when the model is built only by its first train step:
-            the writers can be used before.
-        bucket_count: Histogram buckets.
     """
 
-    def __init__(
-        self,
-        log_dir: str | os.PathLike,
-        stats: GradientStats | None,
-        bucket_count: int = DEFAULT_BUCKET_COUNT,
-    ):
+    def __init__(self, log_dir: str | os.PathLike):
         self.log_dir = os.fspath(log_dir)
-        self.stats = stats
-        self._metadata_due = False
-        self.bucket_count = bucket_count
-        # The EpochValues of the last epoch written.
-        self.last_epoch_values = None
+        # The run's layers, written once the train writer exists.
+        self._run_layers: tuple | None = None
         self._writers: dict[str, tf.summary.SummaryWriter] = {}
         self._summaries: dict[tuple, summary_pb2.Summary] = {}
         self._step_fn = tf.function(self._write_step, reduce_retracing=True)
+
+    def describe_run(self, names: list[str], kernel_names: list[str], compared: list[str]) -> None:
+        """The run's tracked variables (in layer order), its kernels and the
+        layers compared with the output layer: written once to ``train/``
+        for the Custom Scalars layout and the Gradient-flow tab."""
+        self._run_layers = (list(names), list(kernel_names), list(compared))
+        if tags.TRAIN_DIR in self._writers:
+            self._write_run_layers()
+
+    def _write_run_layers(self) -> None:
+        names, kernel_names, compared = self._run_layers
+        self._run_layers = None
+        train = self._writers[tags.TRAIN_DIR]
+        layout.write_layout(train, compared)  # Custom Scalars charts
+        dashboard_metadata.write_layers(train, names, kernel_names)
 
     def writer(self, split: str) -> tf.summary.SummaryWriter:
         """The file writer of ``split`` (``"train"`` or ``"validation"``)."""
@@ -70,13 +66,8 @@ class SummaryLogger:
             self._writers[split] = tf.summary.create_file_writer(
                 os.path.join(self.log_dir, split), flush_millis=FLUSH_SECONDS * 1000
             )
-            self._metadata_due = self._metadata_due or split == tags.TRAIN_DIR
-        if self._metadata_due and self.stats is not None:
-            self._metadata_due = False
-            train = self._writers[tags.TRAIN_DIR]
-            layout.write_layout(train, self.stats.compared_names)  # Custom Scalars charts
-            # The layers' order, for the Gradient-flow dashboard.
-            dashboard_metadata.write_layers(train, self.stats.names, self.stats.kernel_names)
+            if split == tags.TRAIN_DIR and self._run_layers is not None:
+                self._write_run_layers()
         return self._writers[split]
 
     # -- public events ------------------------------------------------------
@@ -86,39 +77,32 @@ class SummaryLogger:
         epoch: int,
         train_logs: Mapping[str, float] | None = None,
         val_logs: Mapping[str, float] | None = None,
-        histograms: bool = True,
-        snapshot: Mapping | None = None,
+        values: Mapping[str, object] | None = None,
     ) -> None:
-        """Writes an epoch's scalars, gradient and weight summaries.
+        """Writes an epoch's scalars and the statistics' tags.
 
         Args:
             epoch: The epoch number, the TensorBoard step of every tag.
             train_logs: Metrics of the training data, written as ``epoch_*``.
             val_logs: Metrics of the validation data (without ``val_``).
-            histograms: Whether to write the ``gradients/`` and ``weights/``
-                histograms this epoch.
-            snapshot: The values of ``stats.snapshot_tensors()`` at the end
-                of the epoch, as numpy; None reads the variables (eager).
+            values: ``{tag: value}`` for ``train/``: a float for a scalar, a
+                ``[k, 3]`` array for a histogram.
         """
-        train = _floats(train_logs)
-        val = _floats(val_logs)
-        self._write_raw(
-            tags.TRAIN_DIR, epoch, self._epoch_values(train, bool(histograms), snapshot)
-        )
+        train = [(tags.epoch_tag(k), v) for k, v in float_logs(train_logs).items()]
+        self._write_raw(tags.TRAIN_DIR, epoch, train + list((values or {}).items()))
+        val = float_logs(val_logs)
         if val:
             values = [(tags.epoch_tag(k), v) for k, v in val.items()]
             self._write_raw(tags.VALIDATION_DIR, epoch, values)
 
-    def write_step(self, step: int, batch_logs: Mapping[str, float] | None = None):
-        """Writes per-step scalars (``batch_*``) at the global ``step``."""
+    def write_step(self, step: int, scalars: Mapping[str, object]) -> None:
+        """Writes ``{tag: value}`` scalars at the global ``step`` (eagerly)."""
         with tf.summary.record_if(True):
             self.writer(tags.TRAIN_DIR)
-            self._step_fn(
-                tf.constant(step, tf.int64),
-                _scalars(batch_logs),
-            )
+            values = {tag: tf.cast(value, tf.float32) for tag, value in scalars.items()}
+            self._step_fn(tf.constant(step, tf.int64), values)
 
-    def write_step_in_graph(self, step, batch: Mapping[str, tf.Tensor], when) -> None:
+    def write_step_in_graph(self, step, scalars: Mapping[str, tf.Tensor], when) -> None:
         """Like :meth:`write_step`, from inside a ``tf.function``.
 
         ``when`` is a boolean tensor: the summaries are recorded only if it is
@@ -127,7 +111,7 @@ class SummaryLogger:
         (:meth:`writer`) eagerly.
         """
         with tf.summary.record_if(when):
-            self._write_step(step, dict(batch))
+            self._write_step(step, dict(scalars))
 
     def flush(self) -> None:
         for writer in self._writers.values():
@@ -178,39 +162,15 @@ class SummaryLogger:
                     proto.tensor.tensor_content = _f8_bytes(value)
         return summary.SerializeToString()
 
-    def _epoch_values(self, train: dict[str, float], histograms: bool, snapshot=None):
-        # (tag, value): a float for a scalar, a [k, 3] array for a histogram.
-        values = [(tags.epoch_tag(k), v) for k, v in train.items()]
-        if not self.stats.layers:
-            return values
-        epoch = self.stats.epoch_values(snapshot, histograms, self.bucket_count)
-        self.last_epoch_values = epoch
-        if epoch.grad_ratio is not None:
-            values.append((tags.GRAD_RATIO, epoch.grad_ratio))
-        if epoch.skipped is not None:
-            values.append((tags.GRAD_SKIPPED_STEPS, epoch.skipped))
-        # The families EpochValues holds: an epoch without an applied step
-        # has no gradient families, an epoch without histograms none.
-        for i, name in enumerate(self.stats.names):
-            for family, column in epoch.scalars.items():
-                values.append((tags.layer_tag(family, name), column[i]))
-            for family, buckets in epoch.histograms.items():
-                values.append((tags.layer_tag(family, name), buckets[i]))
-        values += list(epoch.named.items())
-        return values
-
     def write_text(self, tag: str, text: str, step: int) -> None:
         """Writes ``text`` (Markdown) to ``train/`` as a Text-dashboard tag."""
         with tf.summary.record_if(True), self.writer(tags.TRAIN_DIR).as_default():
             tf.summary.text(tag, text, step=step)
 
-    def _write_step(self, step, batch):
-        last = self.stats.last_step_tensors()
+    def _write_step(self, step, scalars):
         with self._writers[tags.TRAIN_DIR].as_default(step=step):
-            for name, value in batch.items():
-                tf.summary.scalar(tags.batch_tag(name), value)
-            for i, layer in enumerate(self.stats.layers):
-                tf.summary.scalar(tags.layer_tag(tags.BATCH_GRAD_MEAN_ABS, layer.name), last[i])
+            for tag, value in scalars.items():
+                tf.summary.scalar(tag, value)
 
 
 _HISTOGRAM_METADATA = histogram_metadata.create_summary_metadata(
@@ -250,7 +210,8 @@ def _f8_bytes(array: np.ndarray) -> bytes:
     return np.ascontiguousarray(array, dtype="<f8").tobytes()
 
 
-def _floats(logs: Mapping[str, float] | None) -> dict[str, float]:
+def float_logs(logs: Mapping[str, float] | None) -> dict[str, float]:
+    """The logs' scalar values as floats (Keras may put non-scalars in them)."""
     out = {}
     for name, value in (logs or {}).items():
         try:
@@ -258,7 +219,3 @@ def _floats(logs: Mapping[str, float] | None) -> dict[str, float]:
         except (TypeError, ValueError):
             continue  # Keras may put non-scalars in logs; TensorBoard cannot show them.
     return out
-
-
-def _scalars(logs: Mapping[str, float] | None) -> dict[str, tf.Tensor]:
-    return {name: tf.constant(value, tf.float32) for name, value in _floats(logs).items()}

@@ -35,6 +35,12 @@ UPDATE_RATIO = "update_ratio"
 # The epoch's largest per-step mean |g| of the kernel gradient: a one-step
 # spike the epoch average hides.
 GRAD_MEAN_ABS_MAX = "grad_mean_abs_max"
+# The L2 norm of the layer's gradient per step (finite entries), the epoch's
+# mean and largest; the norm of every tracked gradient together (run-level).
+GRAD_NORM = "grad_norm"
+GRAD_NORM_MAX = "grad_norm_max"
+GRAD_GLOBAL_NORM = "grad_global_norm"
+GRAD_GLOBAL_NORM_MAX = "grad_global_norm_max"
 # Activation health, from the outputs of the training forward pass
 # (tbgrad.diagnostics.ActivationHealth): for tanh and sigmoid layers the
 # share of saturated outputs, for relu layers the share of zero outputs and
@@ -80,22 +86,11 @@ VERDICT_STRONGEST_RATIO = "verdict/strongest_ratio"
 EPOCH_PREFIX = "epoch_"
 BATCH_PREFIX = "batch_"
 
-HISTOGRAM_FAMILIES = (GRADIENTS, WEIGHTS)
-EPOCH_SCALAR_FAMILIES = (
-    GRAD_MEAN_ABS,
-    GRAD_STD,
-    GRAD_NONFINITE,
-    GRAD_MEAN_ABS_MAX,
-    WEIGHT_MEAN,
-    WEIGHT_STD,
-    WEIGHT_L1,
-    UPDATE_RATIO,
-    GRAD_LOG10_RATIO,
-)
-
-# The README's tag table: (tag, dashboard, when, what it means), in order.
-# tests/library/test_tags.py checks that the README shows exactly this.
-TABLE = (
+# The README's tag table rows that no statistic writes: (tag, dashboard,
+# when, what it means). The statistics' rows come from their descriptions
+# (tbgrad.statistics.REGISTRY); tests/library/test_tags.py checks that the
+# README shows exactly markdown_table().
+KERAS_ROWS = (
     (
         f"`{TRAIN_DIR}/epoch_loss`, `{TRAIN_DIR}/epoch_accuracy`, "
         f"`{TRAIN_DIR}/epoch_learning_rate`",
@@ -109,120 +104,8 @@ TABLE = (
         "every epoch",
         "loss and accuracy on the validation data",
     ),
-    (
-        f"`{TRAIN_DIR}/{GRADIENTS}/<layer>`",
-        "Histograms, Distributions",
-        "every `histogram_freq` epochs",
-        "the kernel gradient the optimizer applied in the epoch's first step (finite entries)",
-    ),
-    (
-        f"`{TRAIN_DIR}/{WEIGHTS}/<layer>`",
-        "Histograms, Distributions",
-        "every `histogram_freq` epochs",
-        "histogram of the kernel at the end of the epoch",
-    ),
-    (
-        f"`{TRAIN_DIR}/{GRAD_MEAN_ABS}/<layer>`",
-        "Scalars, Gradient flow",
-        "every epoch",
-        "mean \\|g\\| of the kernel gradient, averaged over every step of the epoch",
-    ),
-    (
-        f"`{TRAIN_DIR}/{GRAD_STD}/<layer>`",
-        "Scalars, Gradient flow",
-        "every epoch",
-        "standard deviation of the kernel gradient, averaged over the epoch's steps",
-    ),
-    (
-        f"`{TRAIN_DIR}/{GRAD_LOG10_RATIO}/<layer>`",
-        "Custom Scalars, Scalars, Gradient flow",
-        "every epoch",
-        f"log10 of the layer's `{GRAD_MEAN_ABS}` over the output layer's: 0 as strong, -1 ten "
-        "times weaker",
-    ),
-    (
-        f"`{TRAIN_DIR}/{GRAD_MEAN_ABS_MAX}/<layer>`",
-        "Scalars, Gradient flow",
-        "every epoch",
-        "the epoch's largest per-step mean \\|g\\|: spikes the epoch mean hides",
-    ),
-    (
-        f"`{TRAIN_DIR}/{GRAD_NONFINITE}/<layer>`",
-        "Scalars",
-        "every epoch",
-        "NaN or Inf kernel-gradient entries in the epoch",
-    ),
-    (
-        f"`{TRAIN_DIR}/{WEIGHT_MEAN}/<layer>`",
-        "Scalars",
-        "every epoch",
-        "mean of the kernel at the end of the epoch",
-    ),
-    (
-        f"`{TRAIN_DIR}/{WEIGHT_STD}/<layer>`",
-        "Scalars, Gradient flow",
-        "every epoch",
-        "standard deviation of the kernel at the end of the epoch",
-    ),
-    (
-        f"`{TRAIN_DIR}/{WEIGHT_L1}/<layer>`",
-        "Scalars",
-        "every epoch",
-        "sum of \\|w\\| of the kernel",
-    ),
-    (
-        f"`{TRAIN_DIR}/{UPDATE_RATIO}/<layer>`",
-        "Scalars, Gradient flow",
-        "every epoch (diagnostics)",
-        "\\|\\|Δw\\|\\| / \\|\\|w\\|\\| per step, epoch mean (near 1e-3 is usual)",
-    ),
-    (
-        f"`{TRAIN_DIR}/{ACTIVATION_SATURATED}/<layer>`",
-        "Scalars, Gradient flow",
-        "every epoch (diagnostics), tanh and sigmoid layers",
-        "share of outputs saturated in training steps (tanh \\|a\\| > 0.97; sigmoid "
-        "a < 0.03 or a > 0.97), epoch mean",
-    ),
-    (
-        f"`{TRAIN_DIR}/{ACTIVATION_ZERO}/<layer>`, `{TRAIN_DIR}/{ACTIVATION_DEAD}/<layer>`",
-        "Scalars, Gradient flow",
-        "every epoch (diagnostics), relu layers",
-        "share of outputs that are 0, epoch mean; share of units 0 for every sample of the "
-        "epoch (dead)",
-    ),
-    (
-        f"`{TRAIN_DIR}/{ACTIVATIONS}/<layer>`",
-        "Histograms",
-        "every `histogram_freq` epochs (diagnostics)",
-        "the layer's outputs in the epoch's first training step",
-    ),
-    (
-        f"`{TRAIN_DIR}/{CLIP_SHARE}`, `{TRAIN_DIR}/{CLIP_NORM_BEFORE}`, "
-        f"`{TRAIN_DIR}/{CLIP_NORM_BEFORE_MAX}`",
-        "Scalars",
-        "every epoch (diagnostics), with clipping",
-        "share of steps where clipping changed the gradients; their global norm before "
-        "clipping (mean, max)",
-    ),
-    (
-        f"`{TRAIN_DIR}/{FIRST_NONFINITE}`",
-        "Text",
-        "once",
-        "the first step and layer whose gradient or weights turned NaN or Inf",
-    ),
-    (
-        f"`{TRAIN_DIR}/{GRAD_RATIO}`",
-        "Scalars",
-        "every epoch",
-        f"`{GRAD_MEAN_ABS}` of the first kernel layer over the output layer's",
-    ),
-    (
-        f"`{TRAIN_DIR}/{GRAD_SKIPPED_STEPS}`",
-        "Scalars",
-        "every epoch, with a `LossScaleOptimizer`",
-        "steps the optimizer skipped (non-finite after loss scaling); the gradient tags "
-        "cover the applied steps only",
-    ),
+)
+STEP_ROWS = (
     (
         f"`{TRAIN_DIR}/batch_loss`, `{TRAIN_DIR}/batch_accuracy`",
         "Scalars",
@@ -244,11 +127,37 @@ TABLE = (
     ),
 )
 
+# When a statistic's tags are written, by its cadence (tbgrad.step).
+CADENCE_WHEN = {
+    "every": "every epoch",
+    "epoch": "every epoch",
+    "histogram": "every `histogram_freq` epochs",
+    "diagnostics": "every epoch (diagnostics, sampled)",
+}
+
+
+def table() -> list[tuple[str, str, str, str]]:
+    """The README's tag table: (tag, dashboard, when, what it means), in order."""
+    from tbgrad.statistics import REGISTRY
+
+    rows = list(KERAS_ROWS)
+    for statistic in REGISTRY:
+        for family in statistic.families:
+            if family.row == "":
+                continue  # shown in the row before it
+            when = CADENCE_WHEN[statistic.cadence]
+            if family.when and (family.when.startswith("every") or family.when == "once"):
+                when = family.when
+            elif family.when:
+                when = f"{when}, {family.when}"
+            rows.append((family.tag_text, family.boards, when, family.meaning))
+    return rows + list(STEP_ROWS)
+
 
 def markdown_table() -> str:
-    """The tag table of the README, rendered from :data:`TABLE`."""
+    """The tag table of the README, rendered from :func:`table`."""
     lines = ["| tag | dashboard | when | what it means |", "|---|---|---|---|"]
-    lines += [f"| {tag} | {board} | {when} | {meaning} |" for tag, board, when, meaning in TABLE]
+    lines += [f"| {tag} | {board} | {when} | {meaning} |" for tag, board, when, meaning in table()]
     return "\n".join(lines)
 
 
@@ -275,25 +184,49 @@ ACTIVATION_FAMILIES = {
 }
 
 
+def families(kind: str | None = None, per_layer: bool | None = None) -> list[str]:
+    """The tag families the statistics always write (no ``condition``), of a
+    ``kind`` (``"scalar"``, ``"histogram"``) and scope if given."""
+    from tbgrad.statistics import families as all_families
+
+    return [
+        f.name
+        for f in all_families()
+        if f.condition is None
+        and (kind is None or f.kind == kind)
+        and (per_layer is None or f.per_layer == per_layer)
+    ]
+
+
 def layer_tags(
-    layers: list[str], histograms: bool = True, activations: dict[str, str] | None = None
+    layers: list[str],
+    histograms: bool = True,
+    activations: dict[str, str] | None = None,
+    diagnostics: bool = True,
 ) -> dict[str, str]:
-    """Returns {tag: plugin} of the per-epoch layer tags for ``layers``.
+    """Returns {tag: plugin} of the per-epoch gradient and weight tags of a
+    run that tracks ``layers`` (with the run-level gradient tags).
 
     ``plugin`` is ``"histograms"`` or ``"scalars"``, the TensorBoard plugin
     that shows the tag. ``activations`` maps layers to their activation
     (``"tanh"``, ``"sigmoid"``, ``"relu"``) for the activation-health tags.
     """
+    from tbgrad.statistics import REGISTRY
+
     tags: dict[str, str] = {}
     if len(layers) >= 2:
         tags[GRAD_RATIO] = "scalars"
-    for layer in layers:
-        if histograms:
-            for family in HISTOGRAM_FAMILIES:
-                tags[layer_tag(family, layer)] = "histograms"
-        for family in EPOCH_SCALAR_FAMILIES:
-            tags[layer_tag(family, layer)] = "scalars"
-    for layer, kind in (activations or {}).items():
+    for statistic in REGISTRY:
+        if statistic.diagnostic and not diagnostics:
+            continue
+        for family in statistic.families:
+            if family.condition is not None or (family.kind == "histogram" and not histograms):
+                continue
+            plugin = "histograms" if family.kind == "histogram" else "scalars"
+            names = [layer_tag(family.name, layer) for layer in layers]
+            for tag in names if family.per_layer else [family.name]:
+                tags[tag] = plugin
+    for layer, kind in (activations or {}).items() if diagnostics else ():
         for family in ACTIVATION_FAMILIES[kind]:
             tags[layer_tag(family, layer)] = "scalars"
         if histograms:

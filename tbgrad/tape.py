@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from tbgrad import _compat, _multi_worker, tags
+from tbgrad import step as _step
 from tbgrad._validate import (
     EPOCH,
     check_histogram_freq,
@@ -30,7 +31,7 @@ from tbgrad._validate import (
     check_variables,
 )
 from tbgrad.gradient_logger import GradientLogger
-from tbgrad.stats import KERNELS
+from tbgrad.variables import KERNELS
 
 
 def train_with_tape(
@@ -55,6 +56,7 @@ def train_with_tape(
     jit_compile: bool = False,
     variables: Literal["kernels", "all"] | Callable = KERNELS,
     diagnostics: bool = True,
+    diagnostics_every: int = _step.DEFAULT_DIAGNOSTICS_EVERY,
 ) -> dict[str, list[float]]:
     """Trains ``model`` with a compiled GradientTape loop and logs its gradients.
 
@@ -90,9 +92,11 @@ def train_with_tape(
             depends on the layers' size (docs/benchmarks.md).
         variables: ``"kernels"``, ``"all"`` or a predicate
             ``callable(variable) -> bool``: the trainable variables logged
-            (see :func:`tbgrad.stats.tracked_variables`).
+            (see :func:`tbgrad.variables.tracked_variables`).
         diagnostics: Also log update-to-weight ratios, saturated and dead
             units and clipping (see :class:`tbgrad.GradientLogger`).
+        diagnostics_every: Measure the diagnostics on the epoch's first
+            step and every this many after it (default 16; 1: every step).
 
     Returns:
         The history: ``{"loss": [...], "accuracy": [...], "val_loss": ...}``.
@@ -109,7 +113,7 @@ def train_with_tape(
     train_ds = _train_dataset(x, y, batch_size, shuffle, shuffle_buffer, seed)
     val_ds = _validation_dataset(validation_data, validation_batch_size or batch_size)
     if log_dir is not None:
-        loop.log_to(log_dir, histogram_freq, update_freq, variables, diagnostics)
+        loop.log_to(log_dir, histogram_freq, update_freq, variables, diagnostics, diagnostics_every)
     return loop.fit(train_ds, val_ds, epochs, histogram_freq, verbose)
 
 
@@ -136,7 +140,7 @@ class _TapeLoop:
             self.metrics = [_metric(name, self.out_units) for name in metrics]
             self.loss_tracker = keras.metrics.Mean(name="loss")
         self.gradients: GradientLogger | None = None
-        self.stats = self.logger = None
+        self.collector = self.logger = None
         self.update_freq = EPOCH
         self.log_steps = False
         self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False)
@@ -148,7 +152,7 @@ class _TapeLoop:
     def _scope(self):
         return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
 
-    def log_to(self, log_dir, histogram_freq, update_freq, variables, diagnostics=True):
+    def log_to(self, log_dir, histogram_freq, update_freq, variables, diagnostics, every):
         # The GradientLogger hooks the optimizer and makes the statistics (in
         # the model's strategy scope); the per-step batch_* scalars, which
         # need the loss and metrics, are written by after_step.
@@ -160,8 +164,9 @@ class _TapeLoop:
             optimizer=self.optimizer,
             jit_compile=self.jit,
             diagnostics=diagnostics,
-        )
-        self.stats, self.logger = self.gradients.stats, self.gradients.summary
+            diagnostics_every=every,
+        ).attach()
+        self.collector, self.logger = self.gradients.collector, self.gradients.summary
         self.update_freq = update_freq
         self.log_steps = update_freq != EPOCH
 
@@ -195,7 +200,7 @@ class _TapeLoop:
         self.update_metrics(yb, pred, value, tf.cast(tf.shape(xb)[0], tf.float32))
 
     # Each replica takes its share of the global batch; the optimizer sums
-    # the replicas' gradients (and GradientStats logs that sum), so each
+    # the replicas' gradients (and the statistics log that sum), so each
     # replica's loss is weighted by its share of the samples: the sum is then
     # the gradient of the global batch's mean loss, as on one device.
     def replica_loss(self, xb, yb, training):
@@ -223,10 +228,10 @@ class _TapeLoop:
             # The per-step summaries are written in the graph, at the global
             # step, only on the steps update_freq selects; the values are the
             # running epoch averages, like the batch_* logs of model.fit.
+            scalars = {tags.batch_tag(k): v for k, v in self.results().items()}
+            scalars.update(self.collector.step_tensors())
             self.logger.write_step_in_graph(
-                self.global_step,
-                self.results(),
-                tf.equal(self.global_step % self.update_freq, 0),
+                self.global_step, scalars, tf.equal(self.global_step % self.update_freq, 0)
             )
 
     # -- one epoch ----------------------------------------------------------
@@ -269,8 +274,8 @@ class _TapeLoop:
         # One compiled call per epoch: the resets, the training loop, the
         # evaluation and every value the epoch's summaries need, returned
         # together, rather than a few dozen eager reads and resets per epoch.
-        if self.stats is not None:
-            self.stats.reset(capture)
+        if self.collector is not None:
+            self.collector.reset(capture)
         self.reset_metrics()
         self.train_epoch(batches)
         out = {"train": self.results()}
@@ -279,7 +284,7 @@ class _TapeLoop:
             self.evaluate(val_batches)
             out["val"] = self.results()
         if self.logger is not None:
-            out["snapshot"] = self.stats.snapshot_tensors()
+            out["snapshot"] = self.collector.snapshot_tensors()
             out["learning_rate"] = tf.cast(self.optimizer.learning_rate, tf.float32)
         return out
 
@@ -349,6 +354,7 @@ def _check_arguments(args: dict) -> None:
     check_keras_backend("tbgrad.train_with_tape")
     check_int("epochs", args["epochs"])
     check_int("batch_size", args["batch_size"])
+    check_int("diagnostics_every", args["diagnostics_every"])
     for name in ("shuffle_buffer", "validation_batch_size"):
         if args[name] is not None:
             check_int(name, args[name])

@@ -16,13 +16,13 @@ name a folder per trial and the trial's HParams.
 from __future__ import annotations
 
 import os
-import types
 from collections.abc import Callable, Mapping
 from typing import Literal
 
 import keras
 
 from tbgrad import _multi_worker, tags
+from tbgrad import step as _step
 from tbgrad._validate import (
     EPOCH,
     check_histogram_freq,
@@ -32,7 +32,9 @@ from tbgrad._validate import (
     check_variables,
 )
 from tbgrad.gradient_logger import GradientLogger
-from tbgrad.stats import KERNELS, GradientStats
+from tbgrad.statistics import REGISTRY
+from tbgrad.summary import float_logs
+from tbgrad.variables import KERNELS
 
 
 class TensorBoard(keras.callbacks.TensorBoard):
@@ -75,21 +77,20 @@ class TensorBoard(keras.callbacks.TensorBoard):
             Keras.
         variables: ``"kernels"``, ``"all"`` or a predicate
             ``callable(variable) -> bool``: the trainable variables logged
-            (see :func:`tbgrad.stats.tracked_variables`).
-        stats_every: Compute the gradient statistics on every this many
+            (see :func:`tbgrad.variables.tracked_variables`).
+        stats_every: Compute the gradient record on every this many
             training steps only (the epoch's steps 0, N, 2N, ...): the
-            epoch's ``grad_mean_abs``, ``grad_std`` and ``grad_nonfinite``
-            are then over those steps. For very large models, where the
-            statistics cost more than a few percent of a step. Default 1:
-            every step. Under XLA (``jit_compile=True``) with one step per
-            call, the steps left out run a second train function, compiled
-            without the statistics (one more compile per ``fit``);
-            otherwise the train step skips them itself.
+            epoch's ``grad_*`` tags are then over those steps. Default 1:
+            every step, exact.
         diagnostics: Also log the update-to-weight ratio per layer, the
             saturated and dead units of each tanh, sigmoid or relu layer
             (from the training forward pass) and, with a clipping optimizer,
             how often clipping changed the gradients. False: the gradient
             and weight statistics only (see :class:`tbgrad.GradientLogger`).
+        diagnostics_every: Measure the diagnostics on the epoch's first
+            step and every this many after it (default 16; 1: every step).
+        statistics: The statistic classes to run (default
+            :data:`tbgrad.statistics.REGISTRY`).
 
     The first step and layer whose gradient or weights turn NaN or Inf are
     in :attr:`first_nonfinite` after ``fit`` (and the text tag
@@ -115,11 +116,14 @@ class TensorBoard(keras.callbacks.TensorBoard):
         variables: Literal["kernels", "all"] | Callable = KERNELS,
         stats_every: int = 1,
         diagnostics: bool = True,
+        diagnostics_every: int = _step.DEFAULT_DIAGNOSTICS_EVERY,
+        statistics=REGISTRY,
     ):
         check_keras_backend(f"tbgrad.{type(self).__name__}")
         _multi_worker.check_fit(f"tbgrad.{type(self).__name__}")
         check_histogram_freq(histogram_freq)
         check_int("stats_every", stats_every, 1)
+        check_int("diagnostics_every", diagnostics_every, 1)
         update_freq = 1 if update_freq == "batch" else update_freq
         check_update_freq(update_freq)
         check_variables(variables)
@@ -137,28 +141,27 @@ class TensorBoard(keras.callbacks.TensorBoard):
         self.variables = variables
         self.stats_every = stats_every
         self.diagnostics = bool(diagnostics)
+        self.diagnostics_every = diagnostics_every
+        self.statistics = tuple(statistics)
         self.first_nonfinite: dict | None = None
         self._gradients: GradientLogger | None = None
         self._hooked = False
         self._model_summary_due = False
         self._global_step = 0
         self._epoch_first_step = 0
-        # With stats_every > 1: the train functions traced with and without
-        # the statistics, and the steps of the epoch seen so far.
-        self._counted_function = None
-        self._plain_function = None
-        self._seen = 0
-        if update_freq == EPOCH and not self._should_trace and stats_every == 1:
-            # Nothing to do per batch: keep Keras's default no-op batch hooks.
-            # A callback that overrides on_train_batch_end turns off Keras 3's
-            # asynchronous batch-end dispatch and makes every step wait.
-            for hook in ("on_train_batch_begin", "on_train_batch_end"):
-                default = getattr(keras.callbacks.Callback, hook)
-                setattr(self, hook, types.MethodType(default, self))
-        elif update_freq == EPOCH and not self._should_trace:
-            # stats_every picks its steps in on_train_batch_begin only.
-            default = keras.callbacks.Callback.on_train_batch_end
-            self.on_train_batch_end = types.MethodType(default, self)
+
+    @property
+    def collector(self):
+        """The statistics of the last ``fit`` (a
+        :class:`tbgrad.collector.Collector`), or None before one."""
+        return self._gradients.collector if self._gradients is not None else None
+
+    @property
+    def async_safe(self) -> bool:
+        """Whether fit may run the batch hooks asynchronously: with nothing
+        to do per batch (keras/src/callbacks/callback_list.py reads this;
+        otherwise overriding ``on_train_batch_end`` makes every step wait)."""
+        return self.update_freq == EPOCH and not self._should_trace
 
     # -- Keras hooks ----------------------------------------------------------
 
@@ -170,7 +173,6 @@ class TensorBoard(keras.callbacks.TensorBoard):
             )
         # A subclassed model is built only when fit first traces its train
         # step: the statistics are then made from inside that trace.
-        selects = self._selects_steps()
         self._gradients = GradientLogger(
             self.model,
             self.log_dir,
@@ -179,46 +181,23 @@ class TensorBoard(keras.callbacks.TensorBoard):
             jit_compile=self.model.jit_compile,
             stats_every=self.stats_every,
             diagnostics=self.diagnostics,
-            caller_selects_steps=selects,
-        )
+            diagnostics_every=self.diagnostics_every,
+            statistics=self.statistics,
+        ).attach()
         self._hooked = True
         # A train function traced before this fit would not call the hook.
-        self.model.train_function = None
         self.model.make_train_function(force=True)
-        if selects:
-            # The steps stats_every leaves out run a second train function,
-            # traced with the hook paused: Keras's own step, with nothing of
-            # the statistics' selection in it (fit looks model.train_function
-            # up anew for every step).
-            self._counted_function = self.model.train_function
-            self.model.make_train_function(force=True)
-            plain = self.model.train_function
-            gradients = self._gradients
-
-            def plain_function(iterator):
-                with gradients.paused():
-                    return plain(iterator)
-
-            self._plain_function = plain_function
-            self.model.train_function = self._counted_function
         self._global_step = 0
         super().on_train_begin(logs)
 
     def on_epoch_begin(self, epoch, logs=None):
         super().on_epoch_begin(epoch, logs)
         self._epoch_first_step = self._global_step
-        self._seen = 0
         self._gradients.begin_epoch(epoch)
 
-    def on_train_batch_begin(self, batch, logs=None):
-        super().on_train_batch_begin(batch, logs)
-        if self._plain_function is not None:
-            # ``batch``: the step's index in the epoch (one step per call).
-            counted = batch % self.stats_every == 0
-            self.model.train_function = self._counted_function if counted else self._plain_function
-            self._seen = batch + 1
-
     def on_train_batch_end(self, batch, logs=None):
+        if self.async_safe:
+            return  # nothing per batch: the train graph is written at the epoch's end
         # Keras's part: the train graph, batch_steps_per_second, profiling.
         # Its batch_<metric> scalars are written below, at tbgrad's step.
         super().on_train_batch_end(batch, None)
@@ -237,12 +216,12 @@ class TensorBoard(keras.callbacks.TensorBoard):
         previous = self._global_step
         self._global_step = self._epoch_first_step + done
         if self._global_step // self.update_freq > previous // self.update_freq:
-            self._gradients.summary.write_step(self._global_step, logs)
+            scalars = {tags.batch_tag(k): v for k, v in float_logs(logs).items()}
+            scalars.update(self._gradients.collector.step_tensors())
+            self._gradients.summary.write_step(self._global_step, scalars)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = dict(logs or {})
-        if self._plain_function is not None and self._gradients._stats is not None:
-            self._gradients._stats.set_seen(self._seen)
         if self.write_steps_per_second:
             logs["steps_per_second"] = self._compute_steps_per_second()
         self._gradients.end_epoch(epoch, logs, reset=False)
@@ -279,9 +258,9 @@ class TensorBoard(keras.callbacks.TensorBoard):
             self.first_nonfinite = self._gradients.first_nonfinite
         if self._hooked:
             self._hooked = False
-            # Later fits without this callback must not keep updating our stats.
-            self.model.train_function = None
-            self._counted_function = self._plain_function = None
+            # Later fits without this callback must not keep updating our
+            # statistics: the next fit traces its train step anew.
+            self.model.make_train_function(force=True)
 
     # -- Keras's private parts (tbgrad._compat.KERAS_TENSORBOARD_*) ------------
 
@@ -322,24 +301,6 @@ class TensorBoard(keras.callbacks.TensorBoard):
                 for weight in layer.weights:
                     name = weight.path.replace(":", "_")
                     self._log_weight_as_image(weight, f"{name}/image", epoch)
-
-    def _selects_steps(self) -> bool:
-        # stats_every's steps chosen here, between fit's steps, under XLA
-        # with one step per call: an XLA step computes the statistics every
-        # step and masks the ones left out (stats_every=8 cost 2.3x of
-        # fit-xla's CPU time per epoch in the step, 1.4x this way; 20 x 256,
-        # docs/benchmarks.md). Without XLA the step skips them in a cond,
-        # and a second train function costs one more trace per fit and
-        # measured no faster per epoch.
-        return (
-            self.stats_every > 1
-            and bool(self.model.jit_compile)
-            and getattr(self.model, "steps_per_execution", 1) == 1
-        )
-
-    @property
-    def _stats(self) -> GradientStats | None:
-        return self._gradients._stats if self._gradients is not None else None
 
 
 __all__ = ["TensorBoard"]

@@ -13,11 +13,11 @@ from tbgrad.cli import common as cli
 from tbgrad.lab.bench import (
     AA,
     FLOOR,
-    FORMS,
     STEP_FLOORS,
     STEP_VARIANTS,
     VARIANTS,
     WORKLOADS,
+    XLA_STEP_FLOORS,
     Row,
     bench_train_step,
     bench_workload,
@@ -71,8 +71,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p.add_argument(
         "--train-step",
         action="store_true",
-        help="time the bare compiled train step without and with the gradient "
-        "statistics (--step-variants, --forms); --repeats rounds of --steps steps",
+        help="time the bare compiled train step without and with a tbgrad.GradientLogger "
+        "(--step-variants); --repeats rounds of --steps steps",
     )
     p.add_argument(
         "--step-variants",
@@ -80,17 +80,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         choices=STEP_VARIANTS,
         default=list(STEP_VARIANTS),
         metavar="S",
-        help=f"--train-step variants (default all; {' and '.join(STEP_FLOORS)} always): "
-        + ", ".join(STEP_VARIANTS),
-    )
-    p.add_argument(
-        "--forms",
-        nargs="+",
-        choices=FORMS,
-        default=[],
-        metavar="F",
-        help="--train-step: also time these other forms of the statistics "
-        f"(tbgrad.lab.stat_forms): {', '.join(FORMS)}",
+        help=f"--train-step variants (default all; {' and '.join(STEP_FLOORS)} always, "
+        f"{' and '.join(XLA_STEP_FLOORS)} with any XLA variant): " + ", ".join(STEP_VARIANTS),
     )
     p.add_argument(
         "--steps",
@@ -126,10 +117,10 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
                 args.repeats,
                 args.steps,
                 progress,
-                variants=[v for v in STEP_VARIANTS if v in args.step_variants],
-                forms=args.forms,
+                variants=args.step_variants,
             )
-        _print_report(args, step_rows, "the same step without the statistics", format_step_table)
+        floor = f"the same step without tbgrad ({STEP_FLOORS[0]}, {XLA_STEP_FLOORS[0]} under XLA)"
+        _print_report(args, step_rows, floor, format_step_table)
         return 0
 
     rows: list[Row] = []

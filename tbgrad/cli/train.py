@@ -81,7 +81,7 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--loop",
         choices=LOOPS,
-        help="fit: model.fit + GradientTensorBoard; tape: train_with_tape (default fit)",
+        help="fit: model.fit + tbgrad.TensorBoard; tape: train_with_tape (default fit)",
     )
 
 
@@ -108,6 +108,12 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         "--update-freq",
         type=cli.update_freq,
         help="'epoch', or N: batch_* scalars every N steps (default epoch)",
+    )
+    p.add_argument(
+        "--diagnostics-every",
+        type=cli.positive_int,
+        help="measure the diagnostics (update ratio, activation health, clipping) on "
+        "the epoch's first step and every N-th after it (default 1: every step)",
     )
     p.add_argument(
         "--deterministic",
@@ -150,6 +156,7 @@ def config_from_args(args: argparse.Namespace):
         seed=args.seed,
         histogram_freq=args.histogram_freq,
         update_freq=args.update_freq,
+        diagnostics_every=args.diagnostics_every,
         deterministic=args.deterministic or None,
         replicas=args.replicas,
     )

@@ -56,7 +56,7 @@ from tensorboard.plugins import base_plugin
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 from werkzeug import wrappers
 
-from tbgrad import tags, verdict
+from tbgrad import statistics, tags, verdict
 from tbgrad.dashboard import metadata
 
 # The plugin that owns every scalar tbgrad and Keras write (tf.summary.scalar).
@@ -67,39 +67,20 @@ SCALARS_PLUGIN = "scalars"
 DOWNSAMPLE = 1_000_000
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
-# Statistics in the order the selector lists them; families present in a
-# run but not named here follow, sorted.
-PREFERRED_STATISTICS = (
-    tags.GRAD_MEAN_ABS,
-    tags.GRAD_STD,
-    tags.WEIGHT_STD,
-    tags.WEIGHT_L1,
-    tags.UPDATE_RATIO,
-    tags.WEIGHT_MEAN,
-    tags.GRAD_NONFINITE,
+# From the statistics' descriptions (tbgrad.statistics.REGISTRY): the
+# families the selector lists first, in registry order (families present in
+# a run but not described follow, sorted); those coloured by log10 (positive
+# magnitudes spanning decades) and linearly (signed values, already a log,
+# counts that are mostly 0: no ratio to the output layer either); those
+# the verdict's explanation reads besides grad_mean_abs and grad_nonfinite.
+_FAMILIES = statistics.families()
+PREFERRED_STATISTICS = tuple(f.name for f in _FAMILIES if f.scale and f.per_layer)
+LOG_STATISTICS = tuple(f.name for f in _FAMILIES if f.scale == "log")
+LINEAR_STATISTICS = tuple(f.name for f in _FAMILIES if f.scale == "linear")
+EXPLANATION_FAMILIES = tuple(f.name for f in _FAMILIES if f.explains and f.per_layer)
+RUN_EXPLANATION_TAGS = tuple(
+    f.name for f in _FAMILIES if f.explains and not f.per_layer and f.kind == "scalar"
 )
-# Positive magnitudes spanning decades: coloured by log10.
-LOG_STATISTICS = (
-    tags.GRAD_MEAN_ABS,
-    tags.GRAD_STD,
-    tags.WEIGHT_STD,
-    tags.WEIGHT_L1,
-    tags.UPDATE_RATIO,
-)
-# Signed values (weight_mean, grad_log10_ratio: already a log) and counts
-# that are mostly 0 (grad_nonfinite) have no log; a ratio to the output layer
-# means nothing for them either.
-LINEAR_STATISTICS = (tags.WEIGHT_MEAN, tags.GRAD_NONFINITE, tags.GRAD_LOG10_RATIO)
-# Per-layer families and run-level tags the verdict's explanation reads
-# (tbgrad.verdict.explain_figures), besides grad_mean_abs and grad_nonfinite.
-EXPLANATION_FAMILIES = (
-    tags.ACTIVATION_SATURATED,
-    tags.ACTIVATION_ZERO,
-    tags.ACTIVATION_DEAD,
-    tags.GRAD_MEAN_ABS_MAX,
-    tags.UPDATE_RATIO,
-)
-RUN_EXPLANATION_TAGS = (tags.CLIP_SHARE, tags.CLIP_NORM_BEFORE_MAX)
 OUTPUT_LAYER = "output"
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("", "0", "false", "no", "off")

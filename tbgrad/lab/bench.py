@@ -6,32 +6,35 @@ Ways to train the same model on the same data, run side by side:
 * ``fit(A/A)``: the same again, always run: its ratio to ``fit`` is the
   table's noise floor (a difference smaller than it explains nothing);
 * ``fit+keras_tb``: ``model.fit`` with ``keras.callbacks.TensorBoard(histogram_freq=1)``;
-* ``fit+tbgrad``: ``model.fit`` with tbgrad's callback (``histogram_freq=1``);
+* ``fit+tbgrad``: ``model.fit`` with ``tbgrad.TensorBoard(histogram_freq=1)``
+  and its defaults (diagnostics measured on every 16th step);
+* ``fit+tbgrad(diag1)``: the callback with ``diagnostics_every=1`` (the
+  diagnostics measured on every step);
+* ``fit+tbgrad(no-diag)``: the callback with ``diagnostics=False`` (no
+  update ratios, activation health or clipping statistics);
 * ``fit+tbgrad(h0)``: the callback with ``histogram_freq=0``;
 * ``fit+tbgrad(every8)``: the callback with ``stats_every=8``;
 * ``fit+tbgrad(every8,no-diag)``: ``stats_every=8``, ``diagnostics=False``;
-* ``fit+tbgrad(no-diag)``: the callback with ``diagnostics=False`` (no
-  update ratios, activation health or clipping statistics);
-* ``fit+tbgrad(epoch-work)``: ``histogram_freq=0``, ``diagnostics=False``
-  and the statistics' per-step update a no-op: what the callback costs
-  besides the per-step statistics (its writers, reading the kernels back,
-  weight statistics, the writes);
 * ``fit-xla``, ``fit-xla+tbgrad``: ``fit`` and ``fit+tbgrad`` compiled with
   ``jit_compile=True`` (Keras's default ``"auto"`` resolves to XLA only on a
   machine with a GPU; each variant's resolved value is printed);
-* ``fit-xla+tbgrad(every8)``: ``stats_every=8`` under XLA, where the steps
-  left out run a second train function, compiled without the statistics;
-  ``fit-xla+tbgrad(every8,in-step)``: the callback's earlier form, one
-  train function for every step, which computes the statistics every step
-  and masks the steps left out;
+* ``fit-xla+tbgrad(every8)``: ``stats_every=8`` under XLA;
 * ``fit-epoch``, ``fit-epoch+tbgrad``: ``fit`` and ``fit+tbgrad`` compiled
   with ``steps_per_execution`` = the steps of an epoch (one call per epoch);
 * ``tape``: :func:`tbgrad.train_with_tape` (histograms every epoch);
 * ``tape+xla``: the same with ``jit_compile=True`` (each step compiled by XLA);
 * ``eager_ref``: the eager GradientTape loop of study B (part 2), the loop a
-  user would otherwise write: a Python loop over a shuffled
-  ``tf.data`` ``batch(32)`` data set, one tape per step, the first step's
-  kernel gradients of every epoch copied to numpy.
+  user would otherwise write: a Python loop over a shuffled, batched
+  ``tf.data`` data set, one tape per step, the first step's kernel
+  gradients of every epoch copied to numpy.
+
+Only tbgrad's public API is used (``tbgrad.TensorBoard``,
+``tbgrad.GradientLogger``, ``tbgrad.train_with_tape``), so that the bench
+times what a user runs.
+
+The workloads (:data:`WORKLOADS`): study A's MLP, deeper and wider MLPs, a
+small CNN and a two-block transformer encoder, each on synthetic data drawn
+with a fixed seed.
 
 Every variant runs once per repeat and the variants alternate (their order
 rotates each repeat), so a change of machine load hits them all alike. A
@@ -52,14 +55,12 @@ each epoch's write for the tape loop. Reported medians over the repeats:
 
 ``--train-step`` isolates the per-step cost of the gradient statistics from
 the rest of an epoch: it times the workload's compiled train step (forward,
-backward, optimizer update on one batch) without and with tbgrad's optimizer
-hook (:data:`STEP_VARIANTS`, and any form of :mod:`tbgrad.lab.stat_forms`),
-in alternating rounds of many steps, and prints the median wall and CPU ms
-per step and the ratio of each to the plain step; ``step(A/A)`` is the plain
-step timed twice. ``step+stats`` is what the hook does in ``fit``: the
-gradient statistics, the update-to-weight ratios and the activation health;
-``step+stats(no-act)`` leaves out the activation health,
-``step+grad-stats`` (``diagnostics=False``) and the forms both.
+backward, optimizer update on one batch) without and with a
+:class:`tbgrad.GradientLogger` attached before the step is traced
+(:data:`STEP_VARIANTS`), in alternating rounds of many steps, each round an
+epoch of the logger's (its ``end_epoch`` runs after the round, untimed). It
+prints the median wall and CPU ms per step and the ratio of each to the
+plain step; ``step(A/A)`` (``step-xla(A/A)``) is the plain step timed twice.
 """
 
 from __future__ import annotations
@@ -80,15 +81,14 @@ VARIANTS = (
     "fit(A/A)",
     "fit+keras_tb",
     "fit+tbgrad",
+    "fit+tbgrad(diag1)",
+    "fit+tbgrad(no-diag)",
     "fit+tbgrad(h0)",
     "fit+tbgrad(every8)",
     "fit+tbgrad(every8,no-diag)",
-    "fit+tbgrad(no-diag)",
-    "fit+tbgrad(epoch-work)",
     "fit-xla",
     "fit-xla+tbgrad",
     "fit-xla+tbgrad(every8)",
-    "fit-xla+tbgrad(every8,in-step)",
     "fit-epoch",
     "fit-epoch+tbgrad",
     "tape",
@@ -99,45 +99,79 @@ FLOOR = "fit"
 # The floor run again: always run with it, its ratio is the noise floor.
 AA = "fit(A/A)"
 
+# The synthetic data of the CNN and the transformer.
+DATA_SEED = 1
+IMAGE_SHAPE = (32, 32, 3)
+SEQUENCE_LENGTH = 32  # tokens per sample
+VOCABULARY = 1_000
+EMBEDDING = 64  # the transformer's width
+HEADS = 4
+FEED_FORWARD = 128
+
 
 @dataclass(frozen=True)
 class Workload:
     """A model and its data."""
 
     name: str
-    depth: int
-    width: int
+    model: str  # "mlp", "cnn" or "transformer" (see _build_model)
     samples: int  # training samples (study A: the 500 of circles-a)
     batch_size: int
     epochs: int  # default number of epochs of the timed run
     validation: bool
     optimizer: str
     learning_rate: float
-    momentum: float
     description: str
+    momentum: float = 0.0
+    depth: int = 0  # the MLP's hidden layers
+    width: int = 0  # the MLP's units per hidden layer
+    classes: int = 1  # 1: one sigmoid unit; more: softmax over integer labels
+
+    @property
+    def loss(self) -> str:
+        """The Keras loss of its labels."""
+        return "binary_crossentropy" if self.classes == 1 else "sparse_categorical_crossentropy"
+
+
+def _mlp(name, depth, width, samples, description, epochs=3, validation=False) -> Workload:
+    # The MLPs of the studies: relu, SGD 0.01 with momentum 0.9, batch 32.
+    return Workload(
+        name, "mlp", samples, 32, epochs, validation, "sgd", 0.01, description,
+        momentum=0.9, depth=depth, width=width,
+    )  # fmt: skip
 
 
 WORKLOADS = {
-    "study-a": Workload(
-        "study-a", 5, 5, 500, 32, 10, True, "sgd", 0.01, 0.9,
+    "study-a": _mlp(
+        "study-a", 5, 5, 500,
         "study A (A3): 5 hidden x Dense(5, relu), 500 samples, batch 32, "
         "validation on the other 500, SGD 0.01 momentum 0.9",
+        epochs=10, validation=True,
     ),
-    "mlp-20x256": Workload(
-        "mlp-20x256", 20, 256, 8_192, 32, 3, False, "sgd", 0.01, 0.9,
-        "20 hidden x Dense(256, relu), 8192 samples, batch 32",
+    "mlp-20x256": _mlp(
+        "mlp-20x256", 20, 256, 8_192, "20 hidden x Dense(256, relu), 8192 samples, batch 32"
     ),
-    "depth-5": Workload(
-        "depth-5", 5, 64, 4_000, 32, 3, False, "sgd", 0.01, 0.9,
-        "5 hidden x Dense(64, relu), 4000 samples, batch 32",
+    "depth-5": _mlp("depth-5", 5, 64, 4_000, "5 hidden x Dense(64, relu), 4000 samples, batch 32"),
+    "depth-20": _mlp(
+        "depth-20", 20, 64, 4_000, "20 hidden x Dense(64, relu), 4000 samples, batch 32"
     ),
-    "depth-20": Workload(
-        "depth-20", 20, 64, 4_000, 32, 3, False, "sgd", 0.01, 0.9,
-        "20 hidden x Dense(64, relu), 4000 samples, batch 32",
+    "depth-50": _mlp(
+        "depth-50", 50, 64, 4_000, "50 hidden x Dense(64, relu), 4000 samples, batch 32"
     ),
-    "depth-50": Workload(
-        "depth-50", 50, 64, 4_000, 32, 3, False, "sgd", 0.01, 0.9,
-        "50 hidden x Dense(64, relu), 4000 samples, batch 32",
+    "cnn": Workload(
+        "cnn", "cnn", 2_048, 64, 3, False, "adam", 0.001,
+        "4 x Conv2D(3x3, relu; 16, 16, 32, 32 filters, max-pooled after each pair) "
+        "+ Dense(64, relu) + Dense(10, softmax), 32x32x3 Gaussian images labelled by a "
+        "fixed random linear map, 2048 samples, batch 64, Adam 0.001",
+        classes=10,
+    ),
+    "transformer": Workload(
+        "transformer", "transformer", 2_048, 32, 3, False, "adam", 0.001,
+        "Embedding(1000, 64) + 2 encoder blocks (MultiHeadAttention 4 heads x 16, "
+        "LayerNormalization, Dense(128, relu), Dense(64)), average-pooled, "
+        "Dense(10, softmax), 32 random tokens labelled by a fixed random score per "
+        "token, 2048 samples, batch 32, Adam 0.001",
+        classes=10,
     ),
 }  # fmt: skip
 
@@ -174,13 +208,21 @@ class Row:
 
 def load_data(workload: Workload, samples: int | None = None):
     """(x, y, validation or None) of ``workload``; ``samples`` overrides its size."""
+    n = samples or workload.samples
+    if workload.model == "cnn":
+        return (*_images(n, workload.classes), None)
+    if workload.model == "transformer":
+        return (*_tokens(n, workload.classes), None)
+    return _circles(workload, n)
+
+
+def _circles(workload: Workload, n: int):
     import numpy as np
     from sklearn.datasets import make_circles
     from sklearn.preprocessing import MinMaxScaler
 
     from tbgrad.lab.data import load_dataset
 
-    n = samples or workload.samples
     if workload.name == "study-a" and n == 500:
         data = load_dataset("circles-a")
         return data.x_train, data.y_train, (data.x_test, data.y_test)
@@ -193,16 +235,112 @@ def load_data(workload: Workload, samples: int | None = None):
     return x, y, None
 
 
-def _model(workload: Workload):
+def _images(n: int, classes: int):
+    # Gaussian images labelled by a fixed random linear map: labels a CNN
+    # can learn, so its gradients and activations move as in training.
+    import numpy as np
+
+    rng = np.random.default_rng(DATA_SEED)
+    projection = rng.standard_normal((int(np.prod(IMAGE_SHAPE)), classes)).astype(np.float32)
+    x = rng.standard_normal((n, *IMAGE_SHAPE), dtype=np.float32)
+    y = np.argmax(x.reshape(n, -1) @ projection, axis=1).astype(np.int32)
+    return x, y
+
+
+def _tokens(n: int, classes: int):
+    # Random tokens labelled by a fixed random score per token, summed over
+    # the sequence: a bag of words, which needs no position embedding.
+    import numpy as np
+
+    rng = np.random.default_rng(DATA_SEED)
+    scores = rng.standard_normal((VOCABULARY, classes)).astype(np.float32)
+    x = rng.integers(0, VOCABULARY, (n, SEQUENCE_LENGTH), dtype=np.int32)
+    y = np.argmax(scores[x].sum(axis=1), axis=1).astype(np.int32)
+    return x, y
+
+
+def _model(workload: Workload, clear_session: bool = True):
+    """A fresh model of ``workload`` (seeded: the same weights every time) and
+    a fresh optimizer."""
     import keras
 
-    from tbgrad.lab.models import build_mlp, make_optimizer
+    from tbgrad.lab.models import make_optimizer
 
-    keras.backend.clear_session()
+    if clear_session:
+        keras.backend.clear_session()
     keras.utils.set_random_seed(1)
-    model = build_mlp(depth=workload.depth, width=workload.width, activation="relu")
+    model = _build_model(workload)
     optimizer = make_optimizer(workload.optimizer, workload.learning_rate, workload.momentum)
     return model, optimizer
+
+
+def _build_model(workload: Workload):
+    from tbgrad.lab.models import build_mlp
+
+    if workload.model == "cnn":
+        return _cnn(workload.classes)
+    if workload.model == "transformer":
+        return _transformer(workload.classes)
+    return build_mlp(depth=workload.depth, width=workload.width, activation="relu")
+
+
+def _cnn(classes: int):
+    """Four 3x3 relu convolutions (max-pooled after each pair) and two Dense layers."""
+    import keras
+    from keras import layers
+
+    return keras.Sequential(
+        [
+            keras.Input(IMAGE_SHAPE, name="images"),
+            layers.Conv2D(16, 3, padding="same", activation="relu", name="conv_1"),
+            layers.Conv2D(16, 3, padding="same", activation="relu", name="conv_2"),
+            layers.MaxPooling2D(name="pool_1"),
+            layers.Conv2D(32, 3, padding="same", activation="relu", name="conv_3"),
+            layers.Conv2D(32, 3, padding="same", activation="relu", name="conv_4"),
+            layers.MaxPooling2D(name="pool_2"),
+            layers.Flatten(name="flatten"),
+            layers.Dense(64, activation="relu", name="dense"),
+            layers.Dense(classes, activation="softmax", name="output"),
+        ],
+        name="cnn",
+    )
+
+
+def _transformer(classes: int):
+    """Token embedding, two post-norm encoder blocks, average pooling, a classifier."""
+    import keras
+    from keras import layers
+
+    tokens = keras.Input((SEQUENCE_LENGTH,), dtype="int32", name="tokens")
+    h = layers.Embedding(VOCABULARY, EMBEDDING, name="embedding")(tokens)
+    for i in (1, 2):
+        attention = layers.MultiHeadAttention(
+            HEADS, EMBEDDING // HEADS, name=f"block_{i}_attention"
+        )(h, h)
+        h = layers.LayerNormalization(name=f"block_{i}_norm_1")(
+            layers.Add(name=f"block_{i}_add_1")([h, attention])
+        )
+        f = layers.Dense(FEED_FORWARD, activation="relu", name=f"block_{i}_ff_1")(h)
+        f = layers.Dense(EMBEDDING, name=f"block_{i}_ff_2")(f)
+        h = layers.LayerNormalization(name=f"block_{i}_norm_2")(
+            layers.Add(name=f"block_{i}_add_2")([h, f])
+        )
+    pooled = layers.GlobalAveragePooling1D(name="pool")(h)
+    outputs = layers.Dense(classes, activation="softmax", name="output")(pooled)
+    return keras.Model(tokens, outputs, name="transformer")
+
+
+def _loss_fn(workload: Workload):
+    import keras
+
+    if workload.classes == 1:
+        return keras.losses.BinaryCrossentropy()
+    return keras.losses.SparseCategoricalCrossentropy()
+
+
+def _targets(workload: Workload, y):
+    # A sigmoid unit's targets as a column, like its (batch, 1) output.
+    return y.reshape(-1, 1) if workload.classes == 1 else y
 
 
 # -- the variants -----------------------------------------------------------
@@ -230,7 +368,7 @@ def _run_fit(callback_factory, jit_compile="auto", whole_epoch=False):
         x, y, val = data
         model.compile(
             optimizer,
-            "binary_crossentropy",
+            workload.loss,
             metrics=["accuracy"],
             jit_compile=jit_compile,
             steps_per_execution=-(-len(x) // workload.batch_size) if whole_epoch else 1,
@@ -257,62 +395,42 @@ def _keras_tensorboard(log_dir):
     return keras.callbacks.TensorBoard(log_dir, histogram_freq=1)
 
 
-def _tbgrad_callback(log_dir, histogram_freq=1, stats_every=1, diagnostics=True):
-    from tbgrad.gradient_tensorboard import GradientTensorBoard
+def _tbgrad_callback(log_dir, histogram_freq=1, **options):
+    import tbgrad
 
-    return GradientTensorBoard(
-        log_dir, histogram_freq=histogram_freq, stats_every=stats_every, diagnostics=diagnostics
-    )
+    return tbgrad.TensorBoard(log_dir, histogram_freq=histogram_freq, **options)
 
 
-def _in_step_callback(log_dir, stats_every=8):
-    # The callback as it was before it chose stats_every's steps between
-    # fit's steps under XLA: one train function, which picks its steps.
-    from tbgrad.gradient_tensorboard import GradientTensorBoard
-
-    class InStep(GradientTensorBoard):
-        def _selects_steps(self) -> bool:
-            return False
-
-    return InStep(log_dir, stats_every=stats_every)
-
-
-def _epoch_work_callback(log_dir):
-    from tbgrad.gradient_tensorboard import GradientTensorBoard
-
-    class EpochWorkOnly(GradientTensorBoard):
-        # The callback with its statistics' per-step update a no-op (the
-        # bench's models are built, so the statistics exist from here on)
-        # and no diagnostics (whose update ratios run around the update).
-        def on_train_begin(self, logs=None):
-            super().on_train_begin(logs)
-            self._stats.update = lambda grads, variables: None
-
-    return EpochWorkOnly(log_dir, histogram_freq=0, diagnostics=False)
+def _tbgrad(**options):
+    return functools.partial(_tbgrad_callback, **options)
 
 
 def _run_tape(workload, data, epochs, log_dir, ends, jit_compile=False):
-    from tbgrad.summary import SummaryLogger
-    from tbgrad.tape import train_with_tape
+    import tbgrad
 
     model, optimizer = _model(workload)
     x, y, val = data
-    # The loop's epochs end where it writes them: clock each write.
-    write_epoch = SummaryLogger.write_epoch
+    # train_with_tape takes no callback: its epochs end where its
+    # GradientLogger (tape.py: "the GradientLogger ... writes the epochs")
+    # ends them, so clock each GradientLogger.end_epoch, a public method. If
+    # a release stops calling it, _timed raises "timed 0 epochs".
+    end_epoch = tbgrad.GradientLogger.end_epoch
 
+    @functools.wraps(end_epoch)
     def clocked(self, *args, **kwargs):
-        write_epoch(self, *args, **kwargs)
+        end_epoch(self, *args, **kwargs)
         ends.append(_now())
 
-    SummaryLogger.write_epoch = clocked
+    tbgrad.GradientLogger.end_epoch = clocked
     try:
-        train_with_tape(
+        tbgrad.train_with_tape(
             model,
             x,
             y,
             epochs=epochs,
             batch_size=workload.batch_size,
             optimizer=optimizer,
+            loss=workload.loss,
             validation_data=val,
             log_dir=log_dir,
             histogram_freq=1,
@@ -321,26 +439,25 @@ def _run_tape(workload, data, epochs, log_dir, ends, jit_compile=False):
             jit_compile=jit_compile,
         )
     finally:
-        SummaryLogger.write_epoch = write_epoch
+        tbgrad.GradientLogger.end_epoch = end_epoch
     return model
 
 
 def _run_eager_reference(workload, data, epochs, log_dir, ends):
     """Study B's gradient loop (part 2), as written there, eager.
 
-    A shuffled (buffer 1024) ``batch(32)`` data set, one tape per step, the
+    A shuffled (buffer 1024), batched data set, one tape per step, the
     kernel gradients (biases skipped) of each epoch's first step copied to
     numpy, the loss kept per epoch. Validation data, where the workload has
     some, is evaluated once per epoch in one call.
     """
-    import keras
     import tensorflow as tf
 
     model, optimizer = _model(workload)
     x, y, val = data
-    loss_fn = keras.losses.BinaryCrossentropy()
+    loss_fn = _loss_fn(workload)
     dataset = (
-        tf.data.Dataset.from_tensor_slices((x, y.reshape(-1, 1)))
+        tf.data.Dataset.from_tensor_slices((x, _targets(workload, y)))
         .shuffle(1024)
         .batch(workload.batch_size)
     )
@@ -362,7 +479,7 @@ def _run_eager_reference(workload, data, epochs, log_dir, ends):
                 )
         losses.append(float(loss))
         if val is not None:
-            float(loss_fn(val[1].reshape(-1, 1), model(val[0], training=False)))
+            float(loss_fn(_targets(workload, val[1]), model(val[0], training=False)))
         ends.append(_now())
     return model
 
@@ -371,22 +488,17 @@ RUNNERS: dict[str, Callable] = {
     "fit": _run_fit(None),
     AA: _run_fit(None),
     "fit+keras_tb": _run_fit(_keras_tensorboard),
-    "fit+tbgrad": _run_fit(_tbgrad_callback),
-    "fit+tbgrad(h0)": _run_fit(functools.partial(_tbgrad_callback, histogram_freq=0)),
-    "fit+tbgrad(every8)": _run_fit(functools.partial(_tbgrad_callback, stats_every=8)),
-    "fit+tbgrad(every8,no-diag)": _run_fit(
-        functools.partial(_tbgrad_callback, stats_every=8, diagnostics=False)
-    ),
-    "fit+tbgrad(no-diag)": _run_fit(functools.partial(_tbgrad_callback, diagnostics=False)),
-    "fit+tbgrad(epoch-work)": _run_fit(_epoch_work_callback),
+    "fit+tbgrad": _run_fit(_tbgrad()),
+    "fit+tbgrad(diag1)": _run_fit(_tbgrad(diagnostics_every=1)),
+    "fit+tbgrad(no-diag)": _run_fit(_tbgrad(diagnostics=False)),
+    "fit+tbgrad(h0)": _run_fit(_tbgrad(histogram_freq=0)),
+    "fit+tbgrad(every8)": _run_fit(_tbgrad(stats_every=8)),
+    "fit+tbgrad(every8,no-diag)": _run_fit(_tbgrad(stats_every=8, diagnostics=False)),
     "fit-xla": _run_fit(None, jit_compile=True),
-    "fit-xla+tbgrad": _run_fit(_tbgrad_callback, jit_compile=True),
-    "fit-xla+tbgrad(every8)": _run_fit(
-        functools.partial(_tbgrad_callback, stats_every=8), jit_compile=True
-    ),
-    "fit-xla+tbgrad(every8,in-step)": _run_fit(_in_step_callback, jit_compile=True),
+    "fit-xla+tbgrad": _run_fit(_tbgrad(), jit_compile=True),
+    "fit-xla+tbgrad(every8)": _run_fit(_tbgrad(stats_every=8), jit_compile=True),
     "fit-epoch": _run_fit(None, whole_epoch=True),
-    "fit-epoch+tbgrad": _run_fit(_tbgrad_callback, whole_epoch=True),
+    "fit-epoch+tbgrad": _run_fit(_tbgrad(), whole_epoch=True),
     "tape": _run_tape,
     "tape+xla": functools.partial(_run_tape, jit_compile=True),
     "eager_ref": _run_eager_reference,
@@ -539,31 +651,43 @@ def _add_ratios(rows: list[Row]) -> None:
         row.cpu_total_ratio = row.cpu_total_s / floor.cpu_total_s
 
 
+# -- the train step alone -----------------------------------------------------
+
 STEP_VARIANTS = (
     "step",
     "step(A/A)",
-    "step+stats",
-    "step+stats(no-act)",
-    "step+grad-stats",
-    "step+stats(every8)",
+    "step+tbgrad",
+    "step+tbgrad(diag1)",
+    "step+tbgrad(no-diag)",
+    "step+tbgrad(every8)",
     "step-xla",
-    "step-xla+stats",
+    "step-xla(A/A)",
+    "step-xla+tbgrad",
 )
-# The plain steps every hooked step is compared with; both are always run.
+# The plain step every hooked step is compared with, and its A/A twin:
+# always run. The XLA pair is run with any XLA variant, its floor.
 STEP_FLOORS = ("step", "step(A/A)")
-# Step variants whose statistics leave out the diagnostics (update ratios,
-# activation health): the gradient statistics alone, and every form.
-GRADIENTS_ONLY = ("step+grad-stats",)
-# Step variants with the update ratios but without the activation health.
-NO_ACTIVATIONS = ("step+stats(no-act)",)
-# The names of tbgrad.lab.stat_forms.FORMS (listed here: the command line
-# checks its flags before TensorFlow is imported).
-FORMS = ("before", "lowered-cond", "two-conds", "xla-sums", "xla-fast", "no-cond")
+XLA_STEP_FLOORS = ("step-xla", "step-xla(A/A)")
+# The GradientLogger options of the step variants with tbgrad.
+STEP_LOGGERS: dict[str, dict] = {
+    "step+tbgrad": {},
+    "step+tbgrad(diag1)": {"diagnostics_every": 1},
+    "step+tbgrad(no-diag)": {"diagnostics": False},
+    "step+tbgrad(every8)": {"stats_every": 8},
+    "step-xla+tbgrad": {},
+}
 
 
-def form_variant(form: str) -> str:
-    """The step variant that hooks a form of :data:`tbgrad.lab.stat_forms.FORMS`."""
-    return f"step+{form}"
+def _xla(step_variant: str) -> bool:
+    return step_variant.startswith("step-xla")
+
+
+def step_variants(selected: Sequence[str]) -> list[str]:
+    """``selected`` and the floors they need, in the order of :data:`STEP_VARIANTS`."""
+    names = {*STEP_FLOORS, *selected}
+    if any(map(_xla, selected)):
+        names.update(XLA_STEP_FLOORS)
+    return [name for name in STEP_VARIANTS if name in names]
 
 
 def bench_train_step(
@@ -572,30 +696,46 @@ def bench_train_step(
     steps: int = 100,
     progress: Callable[[str], None] | None = None,
     variants: Sequence[str] = STEP_VARIANTS,
-    forms: Sequence[str] = (),
 ) -> list[dict]:
-    """Times ``workload``'s bare compiled train step with and without the
-    statistics (``variants`` of :data:`STEP_VARIANTS`, then one variant per
-    form of :mod:`tbgrad.lab.stat_forms`): ``rounds`` alternating rounds of
-    ``steps`` steps each, after a warm-up, their order rotating. Returns one
+    """Times ``workload``'s bare compiled train step with and without a
+    :class:`tbgrad.GradientLogger` (``variants`` of :data:`STEP_VARIANTS` and
+    their floors), in alternating rounds (:func:`_time_rounds`). Returns one
     row per variant with the median wall and CPU ms per step and their
-    ratios to the same step without the statistics.
+    ratios to the same step without tbgrad.
     """
+    import keras
     import tensorflow as tf
 
-    model, optimizer = _model(workload)
-    optimizer.build(model.trainable_variables)
-    x, y, _ = load_data(workload, workload.batch_size)
-    batch = (
-        tf.constant(x[: workload.batch_size]),
-        tf.constant(y[: workload.batch_size].reshape(-1, 1)),
-    )
-    names = list(dict.fromkeys([*STEP_FLOORS, *variants, *map(form_variant, forms)]))
-    fns = {name: _train_step(model, optimizer, batch, name) for name in names}
+    names = step_variants(variants)
+    size = workload.batch_size
+    x, y, _ = load_data(workload, size)
+    batch = (tf.constant(x[:size]), tf.constant(_targets(workload, y[:size])))
+    steps_of: dict[str, tuple] = {}
+    with tempfile.TemporaryDirectory(prefix="tbgrad-bench-step-") as scratch:
+        keras.backend.clear_session()
+        try:
+            for name in names:
+                steps_of[name] = _train_step(workload, name, batch, scratch)
+            times = _time_rounds(workload, steps_of, batch, rounds, steps, progress)
+        finally:
+            for _, logger in steps_of.values():
+                if logger is not None:
+                    logger.close()
+    return _step_rows(workload, times)
+
+
+def _time_rounds(workload: Workload, steps_of: dict, batch, rounds: int, steps: int, progress):
+    """{variant: [(wall, CPU) ms per step of each round]}: a warm-up round,
+    then ``rounds`` rounds of ``steps`` steps of every variant, their order
+    rotating; each logger ends an epoch after each round, untimed."""
+    names = list(steps_of)
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
     for r in range(rounds + 1):  # round 0 warms up
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            ms = _time_steps(fns[name], batch, steps)
+            step, logger = steps_of[name]
+            ms = _time_steps(step, batch, steps)
+            if logger is not None:
+                logger.end_epoch(r)
             if r:
                 times[name].append(ms)
         if r and progress:
@@ -604,40 +744,38 @@ def bench_train_step(
                 + ", ".join(f"{n} {times[n][-1][0]:.2f}" for n in names)
                 + " ms/step"
             )
-    return _step_rows(workload, times)
+    for name, (step, _) in steps_of.items():
+        # TensorFlow warns of retracing when many functions are traced in a
+        # row, as here; a step traced again would have timed its tracing.
+        if step.experimental_get_tracing_count() != 1:
+            raise RuntimeError(f"{name}: traced {step.experimental_get_tracing_count()} times")
+    return times
 
 
-def _stats_factory(name: str):
-    """The GradientStats class (or factory) a step variant hooks; None for none."""
-    from tbgrad.lab.stat_forms import FORMS
-    from tbgrad.stats import GradientStats
-
-    if name.startswith("step+") and name[len("step+") :] in FORMS:
-        return FORMS[name[len("step+") :]]
-    if "+stats" not in name and name not in GRADIENTS_ONLY:
-        return None
-    if name.endswith("(every8)"):
-        return functools.partial(GradientStats, stats_every=8)
-    return GradientStats
-
-
-def _gradients_only(name: str) -> bool:
-    return name in GRADIENTS_ONLY or name[len("step+") :] in FORMS
-
-
-def _train_step(model, optimizer, batch, name: str):
-    """The compiled train step of variant ``name`` on ``batch``, traced with
-    tbgrad's optimizer hook when the variant has statistics."""
-    import keras
+def _train_step(workload: Workload, name: str, batch, scratch: str):
+    """(step, logger): the compiled train step of variant ``name`` on its own
+    model and optimizer, traced on ``batch``, and the GradientLogger hooked
+    into it (None for a plain step)."""
     import tensorflow as tf
 
-    from tbgrad.diagnostics import activation_layers
-    from tbgrad.hook import OptimizerHook
-    from tbgrad.stats import kernel_layers
+    import tbgrad
 
-    loss_fn = keras.losses.BinaryCrossentropy()
-    xla = name.startswith("step-xla")
+    # Every step its own model (the same weights) and optimizer, so that
+    # each logger hooks an optimizer of its own; the Keras session is
+    # cleared once, before the first, not under the steps traced before.
+    model, optimizer = _model(workload, clear_session=False)
+    optimizer.build(model.trainable_variables)
+    loss_fn = _loss_fn(workload)
+    xla = _xla(name)
+    logger = None
+    if name in STEP_LOGGERS:
+        # Attached before the step is traced: the trace calls its hook.
+        log_dir = tempfile.mkdtemp(prefix=f"{_slug(name)}-", dir=scratch)
+        logger = tbgrad.GradientLogger(
+            model, log_dir, optimizer=optimizer, jit_compile=xla, **STEP_LOGGERS[name]
+        ).attach()
 
+    @tf.function(jit_compile=xla)
     def step(xb, yb):
         with tf.GradientTape() as tape:
             loss = loss_fn(yb, model(xb, training=True))
@@ -645,32 +783,8 @@ def _train_step(model, optimizer, batch, name: str):
         optimizer.apply(grads, model.trainable_variables)
         return loss
 
-    compiled = tf.function(step, jit_compile=xla)
-    make_stats = _stats_factory(name)
-    if make_stats is None:
-        compiled(*batch)
-    else:
-        layers = kernel_layers(model)
-        if _gradients_only(name):
-            stats = make_stats(layers, jit_compile=xla, diagnostics=False)
-        elif name in NO_ACTIVATIONS:
-            stats = make_stats(layers, jit_compile=xla)
-        else:
-            stats = make_stats(
-                layers, jit_compile=xla, activations=activation_layers(model, layers)
-            )
-        activations = stats.activations
-        if activations is not None:
-            activations.install()
-        # The hook and the activations' wrappers are read when the step is
-        # traced: trace it with them installed.
-        try:
-            with OptimizerHook(optimizer, stats):
-                compiled(*batch)
-        finally:
-            if activations is not None:
-                activations.remove()
-    return compiled
+    step(*batch)  # traced (and compiled) here, before the warm-up round
+    return step, logger
 
 
 def _time_steps(fn, batch, steps: int) -> tuple[float, float]:
@@ -687,14 +801,14 @@ def _step_rows(workload: Workload, times: dict[str, list[tuple[float, float]]]) 
     """One row per step variant: its medians and the ratios to the plain step."""
     rows = []
     for name, runs in times.items():
-        base = times["step-xla" if name.startswith("step-xla") else "step"]
+        base = times[XLA_STEP_FLOORS[0] if _xla(name) else STEP_FLOORS[0]]
         wall = statistics.median(t[0] for t in runs)
         cpu = statistics.median(t[1] for t in runs)
         rows.append(
             {
                 "workload": workload.name,
                 "variant": name,
-                "jit_compile": name.startswith("step-xla"),
+                "jit_compile": _xla(name),
                 "step_ms": wall,
                 "ratio": wall / statistics.median(t[0] for t in base),
                 "cpu_step_ms": cpu,

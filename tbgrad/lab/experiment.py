@@ -15,7 +15,6 @@ import tensorflow as tf
 
 from tbgrad import _multi_worker, _paths, tags
 from tbgrad.eventlog import load_split
-from tbgrad.gradient_tensorboard import GradientTensorBoard
 from tbgrad.hparams import write_hparams, write_verdict
 from tbgrad.lab.config import HPARAM_DOMAINS, RunConfig
 from tbgrad.lab.data import load_dataset
@@ -23,6 +22,7 @@ from tbgrad.lab.distribute import make_strategy
 from tbgrad.lab.models import build_mlp, make_optimizer
 from tbgrad.lab.runs import create_run_dir
 from tbgrad.tape import train_with_tape
+from tbgrad.tensorboard import TensorBoard
 from tbgrad.verdict import verdict_of
 
 # The run folder's record of its config and final figures; a sweep counts a
@@ -177,7 +177,7 @@ def _run_folder(config: RunConfig, logdir, run_name: str | None, strategy, chief
 
 
 def _fit(config: RunConfig, data, model, optimizer, strategy, run_dir, verbose: int) -> dict:
-    """Trains with ``model.fit`` and :class:`GradientTensorBoard`; returns the history."""
+    """Trains with ``model.fit`` and :class:`TensorBoard`; returns the history."""
     with strategy.scope():
         model.compile(
             optimizer,
@@ -185,8 +185,11 @@ def _fit(config: RunConfig, data, model, optimizer, strategy, run_dir, verbose: 
             metrics=["accuracy"],
             steps_per_execution=_steps_per_execution(config, len(data.x_train)),
         )
-    callback = GradientTensorBoard(
-        run_dir, histogram_freq=config.histogram_freq, update_freq=config.update_freq
+    callback = TensorBoard(
+        run_dir,
+        histogram_freq=config.histogram_freq,
+        update_freq=config.update_freq,
+        diagnostics_every=config.diagnostics_every,
     )
     callbacks = [callback] + ([EpochProgress(config.epochs)] if verbose else [])
     try:
@@ -220,6 +223,7 @@ def _tape(config: RunConfig, data, model, optimizer, run_dir, verbose: int) -> d
         log_dir=run_dir,
         histogram_freq=config.histogram_freq,
         update_freq=config.update_freq,
+        diagnostics_every=config.diagnostics_every,
         seed=config.seed,
         verbose=verbose,
     )

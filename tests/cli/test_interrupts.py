@@ -40,6 +40,7 @@ def wait_for_epochs(proc, run_dir: Path, count: int) -> int:
     pytest.fail(f"no epoch on disk after {START_TIMEOUT}s: {proc.communicate()}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "sig, name, code, loop, twice",
     [

@@ -30,6 +30,8 @@ from tbgrad.eventlog import load_run
 from tbgrad.hparams import METRICS
 from tbgrad.lab.config import HPARAM_DOMAINS, HPARAMS
 
+pytestmark = pytest.mark.slow
+
 RUNS = {
     "tanh-uniform01-d2-w5-sgd-s1": ["--act", "tanh", "--init", "uniform01"],
     "relu-he_uniform-d2-w5-sgd-s1": ["--act", "relu", "--init", "he_uniform"],

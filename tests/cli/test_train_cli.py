@@ -64,6 +64,7 @@ def test_subprocesses_import_the_working_tree(tmp_path):
     assert path.index(str(ROOT)) < min(site, default=len(path)), path
 
 
+@pytest.mark.slow
 def test_preset_run_end_to_end(tmp_path):
     logdir = tmp_path / "logs"
     proc = run_train("--preset", "A2", "--epochs", "2", "--logdir", str(logdir), "--quiet")
@@ -83,6 +84,7 @@ def test_preset_run_end_to_end(tmp_path):
     assert 0.0 <= result["test_accuracy"] <= 1.0
 
 
+@pytest.mark.slow
 def test_tape_loop_and_flags_override_preset(tmp_path):
     proc = run_train(
         "--preset",
@@ -108,6 +110,7 @@ def test_tape_loop_and_flags_override_preset(tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_a_second_run_never_reuses_the_folder(tmp_path):
     args = (
         "--depth",
@@ -203,6 +206,7 @@ def test_logdir_that_is_a_file(tmp_path, capsys):
     assert target.read_text() == "not a folder"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loop", ["fit", "tape"])
 def test_first_nonfinite_is_printed_and_kept_in_the_run(tmp_path, loop):
     # A learning rate of 1e30 takes the weights past float32 within two

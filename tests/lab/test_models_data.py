@@ -39,7 +39,7 @@ def test_layer_names_are_stable_across_models():
     names = ["hidden_1", "hidden_2", "hidden_3", "output"]
     assert [layer.name for layer in first.layers] == names
     assert [layer.name for layer in second.layers] == names
-    assert [layer.name for layer in tbgrad.kernel_layers(second)] == names
+    assert [layer.name for layer in tbgrad.tracked_variables(second)] == names
 
 
 @pytest.mark.parametrize(

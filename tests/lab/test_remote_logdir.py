@@ -64,6 +64,7 @@ def _train(logdir: str, *flags: str) -> tuple[int, str]:
     return code, out.getvalue()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["ram", "local"])
 def test_train_writes_a_complete_run_the_report_reads(kind, ram_root, tmp_path, monkeypatch):
     cwd = tmp_path / "cwd"

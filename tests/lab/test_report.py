@@ -19,6 +19,8 @@ from tbgrad.lab.config import make_config
 from tbgrad.lab.report import summarize
 from tbgrad.verdict import VANISHING_BELOW, verdict_of
 
+pytestmark = pytest.mark.slow
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

@@ -36,6 +36,7 @@ def saved_figures(monkeypatch):
     return figures
 
 
+@pytest.mark.slow
 def test_quick_reproduction_shows_the_findings(tmp_path, capsys, circles, saved_figures):
     out = tmp_path / "repro"
     assert main(["--quick", "--out", str(out), "--workers", "2"]) == 0
@@ -224,6 +225,7 @@ def explained(tmp_path_factory):
     return out, reproduce.collect(groups, out)
 
 
+@pytest.mark.slow
 def test_explanation_rows_hold_the_runs_signals(explained):
     out, groups = explained
     lines = reproduce._explained({g.key: g for g in groups})
@@ -263,6 +265,7 @@ def deep_share(data, deep, family):
     return f"{np.mean(medians):.0%}"
 
 
+@pytest.mark.slow
 def test_explanation_checks_follow_the_runs(explained):
     _, groups = explained
     by_key = {g.key: g for g in groups}

@@ -59,6 +59,7 @@ def run_folder(stdout: str) -> Path:
     return Path(line.removeprefix("run folder: "))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loop", ["fit", "tape"])
 def test_simultaneous_runs_get_distinct_folders(twin_runs, loop):
     logdir, results = twin_runs[loop]
@@ -76,6 +77,7 @@ def test_simultaneous_runs_get_distinct_folders(twin_runs, loop):
         assert json.loads((folder / "tbgrad_run.json").read_text())["run_dir"] == str(folder)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loop", ["fit", "tape"])
 def test_deterministic_runs_log_identical_values(twin_runs, loop):
     _, results = twin_runs[loop]

@@ -29,6 +29,7 @@ def first_sweep(tmp_path_factory):
     return sweep_dir, configs, outcomes
 
 
+@pytest.mark.slow
 def test_each_run_in_its_own_folder_and_one_failure_does_not_stop_the_others(first_sweep):
     sweep_dir, configs, outcomes = first_sweep
     assert [o.status for o in outcomes] == ["done", "done", "failed"]
@@ -50,6 +51,7 @@ def test_each_run_in_its_own_folder_and_one_failure_does_not_stop_the_others(fir
     assert not (failed.run_dir / "tbgrad_run.json").exists()
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_runs_and_moves_unfinished_ones_aside(first_sweep):
     sweep_dir, configs, _ = first_sweep
     finished = {
@@ -95,6 +97,7 @@ def test_grid_expands_ranges_and_names_fields_the_run_name_lacks():
     assert {c.epochs for c in configs} == {3}
 
 
+@pytest.mark.slow
 def test_cli_end_to_end(tmp_path, capsys):
     sweep_dir = tmp_path / "sweep"
     args = ["--act", "tanh", "--depth", "1-2", "--epochs", "1", "--histogram-freq", "0"]

@@ -53,6 +53,7 @@ def listing(folder):
     )
 
 
+@pytest.mark.slow
 @needs_ray
 def test_ray_gives_the_pools_folders_results_and_report(sweeps):
     root, outcomes = sweeps
@@ -72,6 +73,7 @@ def test_ray_gives_the_pools_folders_results_and_report(sweeps):
     assert format_table(summarize(root / "ray")) == format_table(summarize(root / "pool"))
 
 
+@pytest.mark.slow
 @needs_ray
 def test_a_ray_rerun_skips_finished_runs(sweeps):
     root, _ = sweeps
@@ -79,6 +81,7 @@ def test_a_ray_rerun_skips_finished_runs(sweeps):
     assert [o.status for o in again] == [SKIPPED] * 4
 
 
+@pytest.mark.slow
 @needs_ray
 def test_a_failing_run_is_reported_as_by_the_pool(sweeps):
     _, outcomes = sweeps
@@ -87,6 +90,7 @@ def test_a_failing_run_is_reported_as_by_the_pool(sweeps):
     assert failed.error == outcomes["pool"][-1].error
 
 
+@pytest.mark.slow
 @needs_ray
 def test_cli_backend_flags(tmp_path, capsys):
     argv = ["--act", "tanh", "--epochs", "2", "--sweep-dir", str(tmp_path / "s"), "--quiet"]

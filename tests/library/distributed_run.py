@@ -56,7 +56,7 @@ def train(loop: str, strategy, weights, data, samples: int, log_dir: str) -> Non
             shuffle=False,
             verbose=0,
             validation_data=(data.x_test[:64], data.y_test[:64]),
-            callbacks=[tbgrad.GradientTensorBoard(log_dir, update_freq=2)],
+            callbacks=[tbgrad.TensorBoard(log_dir, update_freq=2)],
         )
     else:
         tbgrad.train_with_tape(

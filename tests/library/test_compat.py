@@ -219,3 +219,26 @@ def test_wrap_activation_sees_the_outputs_and_keeps_the_config(activation):
     assert layer.get_config() == config  # the wrapper serialises as the original
     _compat.unwrap_activation(layer)
     assert layer.activation is getattr(keras.activations, activation)
+
+
+def test_a_tensor_of_the_outer_graph_is_visible_in_a_cond_branch():
+    # FuncGraph.outer_graph: the optimizer's step may run in a cond branch
+    # (LossScaleOptimizer) and still see the forward pass's outputs.
+    seen = []
+
+    @tf.function
+    def step(x):
+        outer = x * 2.0
+        seen.append(_compat.visible_in_current_graph(outer))
+
+        def branch():
+            seen.append(_compat.visible_in_current_graph(outer))
+            return outer
+
+        out = tf.cond(x[0] > 0, branch, lambda: outer)
+        other = tf.function(lambda: tf.constant(1.0)).get_concrete_function().outputs[0]
+        seen.append(_compat.visible_in_current_graph(other))
+        return out
+
+    step(tf.constant([1.0]))
+    assert seen == [True, True, False]

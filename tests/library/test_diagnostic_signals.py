@@ -18,7 +18,7 @@ from conftest import reference_sgd_gradients, tiny_mlp
 import tbgrad
 from tbgrad import tags
 from tbgrad.eventlog import load_run
-from tbgrad.stats import histogram_buckets
+from tbgrad.statistics.buckets import histogram_buckets
 
 BATCH, EPOCHS, N = 16, 2, 56  # 4 steps an epoch, the last one of 8 samples
 LOOPS = ["fit", "tape", "tape+xla"]
@@ -53,6 +53,9 @@ def health_model():
 
 
 def train(model, path, loop, optimizer, x, y, **kwargs):
+    # Every step measured, to compare with the per-step references below
+    # (the default samples the diagnostics: test_diagnostics_are_sampled).
+    kwargs.setdefault("diagnostics_every", 1)
     if loop == "fit":
         model.compile(optimizer, "binary_crossentropy")
         callback = tbgrad.TensorBoard(path, **kwargs)
@@ -102,6 +105,22 @@ def expected_health(model, x):
     return {n: float(np.mean(v)) for n, v in shares.items()}, 1 - alive.mean(), first
 
 
+def test_diagnostics_are_sampled_by_default(tmp_path):
+    # The default measures the epoch's first step and every 16th after it:
+    # with fewer steps than that, the epoch's shares are its first step's.
+    x, y = data()
+    model = health_model()
+    train(model, tmp_path, "fit", keras.optimizers.SGD(0.0), x, y, diagnostics_every=16)
+    names = list(ACTIVATIONS)
+    features = keras.Model(model.inputs, [model.get_layer(n).output for n in names])
+    first = dict(zip(names, (np.asarray(a) for a in features(x[:BATCH]))))
+    run = load_run(tmp_path).train
+    want = np.mean(np.abs(first["t"]) > 0.97)
+    assert want != expected_health(model, x)[0]["t"]  # the sample differs from the mean
+    np.testing.assert_allclose(run.scalar("activation_saturated/t"), [want] * EPOCHS)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("loop", LOOPS)
 def test_saturated_zero_and_dead_shares_and_histograms_equal_numpy(tmp_path, loop):
     x, y = data()
@@ -139,11 +158,12 @@ def test_diagnostics_false_logs_gradients_and_weights_only(tmp_path, loop):
     train(model, tmp_path, loop, keras.optimizers.SGD(0.01, clipnorm=0.5), x, y, diagnostics=False)
     run = load_run(tmp_path).train
     families = {tag.split("/")[0] for tag in run.scalars if "/" in tag}
-    assert families == set(tags.EPOCH_SCALAR_FAMILIES) - {tags.UPDATE_RATIO}
+    assert families == set(tags.families(kind="scalar", per_layer=True)) - {tags.UPDATE_RATIO}
     assert not [tag for tag in run.histograms if tag.startswith(tags.ACTIVATIONS + "/")]
     assert model.get_layer("t").activation is keras.activations.tanh
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loop", LOOPS)
 def test_grad_mean_abs_max_is_the_largest_step(tmp_path, loop):
     x, y = data()
@@ -178,7 +198,7 @@ def test_clip_share_and_norm_before_clipping(tmp_path):
     norms = np.array(norms)
     clipnorm = float(np.median(norms.max(axis=1)))
     model.compile(keras.optimizers.SGD(0.0, clipnorm=clipnorm), "binary_crossentropy")
-    callback = tbgrad.TensorBoard(tmp_path)
+    callback = tbgrad.TensorBoard(tmp_path, diagnostics_every=1)
     model.fit(x, y, batch_size=BATCH, epochs=EPOCHS, shuffle=False, verbose=0, callbacks=[callback])
     run = load_run(tmp_path).train
     share = np.mean((norms > clipnorm).any(axis=1))
@@ -200,6 +220,7 @@ def test_no_clip_tags_without_clipping(tmp_path):
     assert not [t for t in load_run(tmp_path).train.scalars if t.startswith("clip/")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loop", LOOPS)
 def test_first_nonfinite_gradient_step_and_layer(tmp_path, loop):
     x, y = data()
@@ -265,7 +286,7 @@ def test_conv_outputs_are_counted_per_channel(tmp_path):
         epochs=1,
         shuffle=False,
         verbose=0,
-        callbacks=[tbgrad.TensorBoard(tmp_path)],
+        callbacks=[tbgrad.TensorBoard(tmp_path, diagnostics_every=1)],
     )
     conv = keras.Model(model.inputs, model.get_layer("conv").output)
     outputs = [np.asarray(conv(x[s : s + BATCH])) for s in range(0, N, BATCH)]
@@ -286,7 +307,9 @@ def test_own_loop_logs_activation_health(tmp_path):
     model = health_model()
     optimizer = keras.optimizers.SGD(0.0)
     loss_fn = keras.losses.BinaryCrossentropy()
-    logger = tbgrad.GradientLogger(model, tmp_path, optimizer=optimizer)
+    logger = tbgrad.GradientLogger(
+        model, tmp_path, optimizer=optimizer, diagnostics_every=1
+    ).attach()
 
     @tf.function
     def train_step(xb, yb):
@@ -315,6 +338,7 @@ def _activation_tags(path) -> set[str]:
     return {t for t in load_run(path).train.scalars if t.startswith("activation_")}
 
 
+@pytest.mark.slow
 def test_activation_health_with_a_loss_scale_optimizer_and_accumulation(tmp_path):
     # Both run the optimizer's update step inside a cond branch. With
     # gradient accumulation the statistics count the steps that apply the
@@ -337,7 +361,7 @@ def test_activation_health_with_a_loss_scale_optimizer_and_accumulation(tmp_path
             epochs=1,
             shuffle=False,
             verbose=0,
-            callbacks=[tbgrad.TensorBoard(tmp_path / name)],
+            callbacks=[tbgrad.TensorBoard(tmp_path / name, diagnostics_every=1)],
         )
         features = keras.Model(model.inputs, model.get_layer("t").output)
         per_step = [
@@ -351,6 +375,7 @@ def test_activation_health_with_a_loss_scale_optimizer_and_accumulation(tmp_path
         )
 
 
+@pytest.mark.slow
 def test_recurrent_and_transposed_layers_never_break_fit(tmp_path):
     # An LSTM applies its activation inside a loop: not watched; the Dense
     # after it is. A transposed convolution's units are its filters.
@@ -372,7 +397,7 @@ def test_recurrent_and_transposed_layers_never_break_fit(tmp_path):
             np.ones((16, 1)),
             epochs=1,
             verbose=0,
-            callbacks=[tbgrad.TensorBoard(tmp_path / f"lstm{i}")],
+            callbacks=[tbgrad.TensorBoard(tmp_path / f"lstm{i}", diagnostics_every=1)],
         )
         assert _activation_tags(tmp_path / f"lstm{i}") == {
             "activation_zero/d",
@@ -390,7 +415,11 @@ def test_recurrent_and_transposed_layers_never_break_fit(tmp_path):
     model.compile("sgd", "binary_crossentropy")
     x = rng.normal(size=(8, 4, 4, 7)).astype("float32")
     model.fit(
-        x, np.ones((8, 1)), epochs=1, verbose=0, callbacks=[tbgrad.TensorBoard(tmp_path / "t")]
+        x,
+        np.ones((8, 1)),
+        epochs=1,
+        verbose=0,
+        callbacks=[tbgrad.TensorBoard(tmp_path / "t", diagnostics_every=1)],
     )
     assert "activation_dead/up" in _activation_tags(tmp_path / "t")
 
@@ -411,7 +440,7 @@ def test_a_fit_stopped_by_an_exception_leaves_the_next_callback_whole(tmp_path):
             batch_size=BATCH,
             epochs=1,
             verbose=0,
-            callbacks=[tbgrad.TensorBoard(tmp_path / "a"), Stop()],
+            callbacks=[tbgrad.TensorBoard(tmp_path / "a", diagnostics_every=1), Stop()],
         )
     model.fit(
         x,
@@ -420,7 +449,7 @@ def test_a_fit_stopped_by_an_exception_leaves_the_next_callback_whole(tmp_path):
         epochs=1,
         shuffle=False,
         verbose=0,
-        callbacks=[tbgrad.TensorBoard(tmp_path / "b")],
+        callbacks=[tbgrad.TensorBoard(tmp_path / "b", diagnostics_every=1)],
     )
     shares, _, _ = expected_health(model, x)
     saturated = load_run(tmp_path / "b").train.scalar(

@@ -19,6 +19,8 @@ import pytest
 from tbgrad import tags
 from tbgrad.eventlog import load_run
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 TOL = 1e-5
 LAYERS = ["hidden_1", "hidden_2", "output"]
@@ -61,7 +63,7 @@ def test_two_replicas_log_the_single_device_gradients(runs, loop):
             assert b.steps(tag) == a.steps(tag), tag
             if tag.startswith(tags.ACTIVATIONS + "/"):
                 # A replica's outputs are its half of the batch: the
-                # histogram is the first replica's (tbgrad.diagnostics).
+                # histogram is the first replica's (tbgrad.statistics.activations).
                 continue
             for (_, ha), (_, hb) in zip(a.histograms[tag], b.histograms[tag]):
                 np.testing.assert_allclose(hb[:, :2], ha[:, :2], rtol=TOL, atol=TOL, err_msg=tag)

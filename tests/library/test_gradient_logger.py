@@ -32,6 +32,7 @@ def _readme_loop() -> str:
     return block.group(1)
 
 
+@pytest.mark.slow
 def test_readme_port_of_study_b_adds_three_lines_and_runs(tmp_path, monkeypatch):
     code = _readme_loop()
     added = [line for line in code.splitlines() if line.rstrip().endswith(ADDED)]
@@ -45,7 +46,12 @@ def test_readme_port_of_study_b_adds_three_lines_and_runs(tmp_path, monkeypatch)
     exec(compile(code.replace("range(100)", "range(2)"), "README", "exec"), {})
     run = load_run(tmp_path / "logs" / "study-b")
     names = [f"tanh{i}" for i in range(1, 5)] + ["output"]
-    for family in (*tags.HISTOGRAM_FAMILIES, tags.GRAD_MEAN_ABS, tags.GRAD_STD, tags.WEIGHT_STD):
+    for family in (
+        *tags.families(kind="histogram"),
+        tags.GRAD_MEAN_ABS,
+        tags.GRAD_STD,
+        tags.WEIGHT_STD,
+    ):
         for name in names:
             assert run.train.steps(tags.layer_tag(family, name)) == [0, 1], (family, name)
     assert run.train.steps("epoch_loss") == [0, 1]
@@ -58,7 +64,7 @@ def _study_b_loop(model, x, y, log_dir, compiled, with_logger=True):
     optimizer = keras.optimizers.RMSprop()
     loss_fn = keras.losses.BinaryCrossentropy()
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(1024, seed=7).batch(BATCH)
-    logger = tbgrad.GradientLogger(model, log_dir, optimizer=optimizer)
+    logger = tbgrad.GradientLogger(model, log_dir, optimizer=optimizer).attach()
 
     def train_step(xb, yb):
         with tf.GradientTape() as tape:
@@ -80,6 +86,7 @@ def _study_b_loop(model, x, y, log_dir, compiled, with_logger=True):
     return seen
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("compiled", [True, False], ids=["tf.function", "eager"])
 def test_own_loop_logs_the_tape_gradients(tmp_path, circles, compiled):
     model = tiny_mlp()
@@ -107,6 +114,7 @@ def test_own_loop_logs_the_tape_gradients(tmp_path, circles, compiled):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train"]
 
 
+@pytest.mark.slow
 def test_observe_without_an_optimizer_matches_a_hand_written_sgd(tmp_path, circles):
     # Gradients applied by hand (no Keras optimizer), passed with observe():
     # compared with conftest's independent SGD loop on the same batches.
@@ -145,7 +153,7 @@ def test_update_freq_writes_each_nth_step_in_graph(tmp_path, circles):
     model = tiny_mlp()
     optimizer = keras.optimizers.SGD(0.05)
     x, y = circles.x_train[:200], circles.y_train[:200]  # 4 steps per epoch
-    logger = tbgrad.GradientLogger(model, tmp_path, update_freq=3, optimizer=optimizer)
+    logger = tbgrad.GradientLogger(model, tmp_path, update_freq=3, optimizer=optimizer).attach()
     mean_abs = []
 
     @tf.function
@@ -184,7 +192,7 @@ def test_a_train_step_traced_before_the_logger_is_reported(tmp_path, circles):
 
     x, y = circles.x_train[:64], circles.y_train[:64]
     step(x, y)  # traced without the hook
-    logger = tbgrad.GradientLogger(model, tmp_path, optimizer=optimizer)
+    logger = tbgrad.GradientLogger(model, tmp_path, optimizer=optimizer).attach()
     step(x, y)
     with pytest.warns(UserWarning, match="saw no gradient in epoch 0"):
         logger.end_epoch(0)
@@ -207,8 +215,8 @@ def test_model_built_by_its_first_step(tmp_path):
 
     model = Net()
     optimizer = keras.optimizers.SGD(0.1)
-    logger = tbgrad.GradientLogger(model, tmp_path, optimizer=optimizer)
-    assert logger._stats is None  # nothing to track until the first step builds the model
+    logger = tbgrad.GradientLogger(model, tmp_path, optimizer=optimizer).attach()
+    assert not list(tmp_path.iterdir())  # nothing written until the first step builds the model
 
     @tf.function
     def step(xb, yb):

@@ -32,7 +32,7 @@ def test_functional_model_with_kernel_free_layers(tmp_path):
     model = keras.Model(inputs, outputs)
     model.compile("adam", "binary_crossentropy")
     x, y = _data()
-    model.fit(x, y, epochs=2, verbose=0, callbacks=[tbgrad.GradientTensorBoard(tmp_path)])
+    model.fit(x, y, epochs=2, verbose=0, callbacks=[tbgrad.TensorBoard(tmp_path)])
     run = load_run(tmp_path)
     assert _layers_logged(run) == ["a", "out"]
     assert run.train.steps("gradients/a") == [0, 1]
@@ -53,7 +53,7 @@ def test_subclassed_model_with_nested_sequential(tmp_path):
     model = TwoTower()
     model.compile(keras.optimizers.RMSprop(), "binary_crossentropy")
     x, y = _data()
-    model.fit(x, y, epochs=1, verbose=0, callbacks=[tbgrad.GradientTensorBoard(tmp_path)])
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[tbgrad.TensorBoard(tmp_path)])
     assert _layers_logged(load_run(tmp_path)) == ["head", "inner", "left"]
 
 
@@ -63,7 +63,7 @@ def test_logs_the_gradient_after_clipping(tmp_path):
     model = tbgrad.lab.build_mlp(depth=1, width=4, activation="relu", init="normal", input_dim=3)
     model.compile(keras.optimizers.SGD(0.1, clipvalue=1e-3), "binary_crossentropy")
     x, y = _data()
-    model.fit(x, y, epochs=1, verbose=0, callbacks=[tbgrad.GradientTensorBoard(tmp_path)])
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[tbgrad.TensorBoard(tmp_path)])
     hist = load_run(tmp_path).train.histograms["gradients/hidden_1"][0][1]
     assert hist[0, 0] >= -1e-3 - 1e-9
     assert hist[-1, 1] <= 1e-3 + 1e-9
@@ -83,7 +83,7 @@ def test_epoch_summaries_survive_keras_record_if(tmp_path):
         verbose=0,
         callbacks=[
             keras.callbacks.TensorBoard(tmp_path / "keras", update_freq=7),
-            tbgrad.GradientTensorBoard(tmp_path / "ours"),
+            tbgrad.TensorBoard(tmp_path / "ours"),
         ],
     )
     run = load_run(tmp_path / "ours")
@@ -96,7 +96,7 @@ def test_second_fit_continues_logging_and_later_fits_are_untouched(tmp_path):
     model = tbgrad.lab.build_mlp(depth=1, width=3, input_dim=3)
     model.compile("sgd", "binary_crossentropy")
     model.fit(x, y, epochs=1, verbose=0)  # traced without the callback
-    callback = tbgrad.GradientTensorBoard(tmp_path)
+    callback = tbgrad.TensorBoard(tmp_path)
     model.fit(x, y, epochs=2, verbose=0, validation_data=(x, y), callbacks=[callback])
     run = load_run(tmp_path)
     assert run.train.scalar("grad_mean_abs/output").min() > 0
@@ -104,7 +104,7 @@ def test_second_fit_continues_logging_and_later_fits_are_untouched(tmp_path):
     optimizer = model.optimizer
     assert not _compat.is_update_step_wrapped(optimizer)
     files = _contents(tmp_path)
-    stats = callback._stats.epoch_stats()
+    stats = callback.collector.epoch()
     kernel = model.get_layer("output").kernel.numpy()
     model.fit(x, y, epochs=3, verbose=0, validation_data=(x, y))
     # The later fit trained (the weights moved) ...
@@ -112,10 +112,10 @@ def test_second_fit_continues_logging_and_later_fits_are_untouched(tmp_path):
     # ... through the plain update step: the hook stays removed and the
     # callback's statistics did not move.
     assert not _compat.is_update_step_wrapped(optimizer)
-    after = callback._stats.epoch_stats()
-    assert after["steps"] == stats["steps"] == 2  # 64 samples in batches of 32
-    for key in ("grad_mean_abs", "grad_std", "grad_nonfinite"):
-        np.testing.assert_array_equal(after[key], stats[key], err_msg=key)
+    after = callback.collector.epoch()
+    assert after.seen == stats.seen == 2  # 64 samples in batches of 32
+    for tag in [t for t in stats.values if t.startswith("grad_")]:
+        np.testing.assert_array_equal(after.values[tag], stats.values[tag], err_msg=tag)
     # Nothing was added to the run folder: same files, bytes, tags and steps.
     assert _contents(tmp_path) == files
     again = load_run(tmp_path)
@@ -140,7 +140,7 @@ def test_model_without_kernels_warns_and_still_writes_epoch_scalars(tmp_path):
     model.compile("sgd", "mse")
     x, y = _data()
     with pytest.warns(UserWarning, match="no layer with a kernel"):
-        model.fit(x, y, epochs=2, verbose=0, callbacks=[tbgrad.GradientTensorBoard(tmp_path)])
+        model.fit(x, y, epochs=2, verbose=0, callbacks=[tbgrad.TensorBoard(tmp_path)])
     run = load_run(tmp_path)
     assert run.train.steps("epoch_loss") == [0, 1]
     assert not any(t.startswith("grad") for t in run.train.plugins)
@@ -157,4 +157,4 @@ def test_model_without_kernels_warns_and_still_writes_epoch_scalars(tmp_path):
 )
 def test_bad_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
-        tbgrad.GradientTensorBoard("unused", **kwargs)
+        tbgrad.TensorBoard("unused", **kwargs)

@@ -20,7 +20,7 @@ from tbgrad.eventlog import load_run, load_split
 from tbgrad.hparams import METRICS, write_hparams, write_verdict
 from tbgrad.lab import experiment
 from tbgrad.lab.config import HPARAM_DOMAINS, HPARAMS, make_config
-from tbgrad.stats import log10_ratio
+from tbgrad.statistics.gradients import log10_ratio
 
 LAYERS = ["hidden_1", "hidden_2", "output"]
 INTEGER_COLUMNS = ("depth", "width", "batch_size", "epochs", "seed")
@@ -266,7 +266,7 @@ def test_layout_is_written_for_a_user_model_with_the_callback(tmp_path, circles)
         epochs=1,
         batch_size=32,
         verbose=0,
-        callbacks=[tbgrad.GradientTensorBoard(tmp_path)],
+        callbacks=[tbgrad.TensorBoard(tmp_path)],
     )
     proto = _layout(tmp_path / "train")
     assert proto == layout.gradient_flow_layout(["encoder", "mix.1"])

@@ -96,7 +96,7 @@ def train(model, x, y, path, loop, **kwargs):
             batch_size=BATCH,
             shuffle=False,
             verbose=0,
-            callbacks=[tbgrad.GradientTensorBoard(path, **kwargs)],
+            callbacks=[tbgrad.TensorBoard(path, **kwargs)],
         )
     else:
         tbgrad.train_with_tape(
@@ -138,11 +138,12 @@ def separated_sizes_model(seed=5):
 def separated_reference(circles):
     x, y = circles.x_train[:N], circles.y_train[:N]
     model = separated_sizes_model()
-    sizes = [int(np.prod(layer.kernel.shape)) for layer in tbgrad.kernel_layers(model)]
+    sizes = [int(np.prod(layer.kernel.shape)) for layer in tbgrad.tracked_variables(model)]
     assert sizes == [6, 18, 6]
     return tape_reference(model, x, y, SEPARATED)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loop", ["fit", "fit+xla", "tape", "tape+xla"])
 def test_same_size_kernels_apart_keep_their_own_statistics(
     tmp_path, circles, separated_reference, loop
@@ -208,6 +209,7 @@ OFF_PATH_CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Gradients do not exist")
 @pytest.mark.parametrize("case", list(OFF_PATH_CASES))
 def test_kernel_off_the_loss_path_logs_zero_and_the_others_stay_right(tmp_path, circles, case):
@@ -217,7 +219,7 @@ def test_kernel_off_the_loss_path_logs_zero_and_the_others_stay_right(tmp_path, 
     twin = make()
     twin.set_weights(model.get_weights())
     side_kernel = model.get_layer("side").kernel.numpy()
-    names = sorted(layer.name for layer in tbgrad.kernel_layers(model))
+    names = sorted(layer.name for layer in tbgrad.tracked_variables(model))
     assert names == ["a", "out", "side"]
     reference = tape_reference(twin, x, y, names, output=output)
     loop = case.split("-")[0]

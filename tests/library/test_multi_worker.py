@@ -86,6 +86,7 @@ def runs(tmp_path_factory):
     return out, reports
 
 
+@pytest.mark.slow
 def test_the_chief_alone_writes_every_run(runs):
     out, (chief, other) = runs
     assert chief["task"] == ["worker", 0] and chief["chief"]
@@ -108,6 +109,7 @@ def test_the_chief_alone_writes_every_run(runs):
     assert list((out / "tmp-1").iterdir()) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("run", ["cli", "own"])
 def test_logged_values_equal_single_device(runs, run):
     out, _ = runs
@@ -124,7 +126,7 @@ def test_logged_values_equal_single_device(runs, run):
         for tag in a.histograms:
             if tag.startswith(tags.ACTIVATIONS + "/"):
                 # A worker's outputs are its part of the batch: the
-                # histogram is the chief's part (tbgrad.diagnostics).
+                # histogram is the chief's part (tbgrad.statistics.activations).
                 continue
             for (_, ha), (_, hb) in zip(a.histograms[tag], b.histograms[tag]):
                 np.testing.assert_allclose(hb[:, :2], ha[:, :2], rtol=TOL, atol=TOL, err_msg=tag)
@@ -136,6 +138,7 @@ def test_logged_values_equal_single_device(runs, run):
         assert two.train.steps(batch) == one.train.steps(batch) == list(range(2, 33, 2))
 
 
+@pytest.mark.slow
 def test_fit_and_unseeded_shuffling_on_several_workers_are_refused(runs):
     _, reports = runs
     for report in reports:

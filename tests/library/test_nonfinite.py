@@ -32,7 +32,7 @@ def exploding_model():
 
 
 def kernel_sizes(model):
-    return {k.name: int(np.prod(k.kernel.shape)) for k in tbgrad.kernel_layers(model)}
+    return {k.name: int(np.prod(k.kernel.shape)) for k in tbgrad.tracked_variables(model)}
 
 
 def check_logs(run_dir, sizes, epochs):
@@ -49,7 +49,7 @@ def check_logs(run_dir, sizes, epochs):
             values = train.scalar(tags.layer_tag(family, name))
             assert np.isfinite(values).all(), (family, name, values)
             assert values[-1] == 0.0  # no finite entry left
-        for family in tags.HISTOGRAM_FAMILIES:
+        for family in tags.families(kind="histogram"):
             series = train.histograms[tags.layer_tag(family, name)]
             assert [step for step, _ in series] == list(range(epochs))
             for _, histogram in series:
@@ -74,7 +74,7 @@ def fit_exploding(log_dir, data, *callbacks):
         epochs=EPOCHS,
         shuffle=False,
         verbose=0,
-        callbacks=[tbgrad.GradientTensorBoard(log_dir), *callbacks],
+        callbacks=[tbgrad.TensorBoard(log_dir), *callbacks],
     )
     return model, history.history
 

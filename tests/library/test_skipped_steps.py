@@ -91,7 +91,7 @@ def test_own_loop_averages_over_applied_steps_only(tmp_path, mixed_float16, comp
     loss_fn = keras.losses.BinaryCrossentropy()
     kernels = [model.get_layer(name).kernel for name in ("h", "out")]
     optimizer.build(model.trainable_variables)  # its dynamic_scale is read below
-    logger = tbgrad.GradientLogger(model, tmp_path, optimizer=optimizer)
+    logger = tbgrad.GradientLogger(model, tmp_path, optimizer=optimizer).attach()
 
     def train_step(xb, yb):
         with tf.GradientTape() as tape:

@@ -23,7 +23,7 @@ def test_readme_tag_table_is_generated_from_tags_module():
 
 def test_tag_table_names_every_family_written():
     table = tags.markdown_table()
-    for family in (*tags.HISTOGRAM_FAMILIES, *tags.EPOCH_SCALAR_FAMILIES):
+    for family in tags.families(per_layer=True):
         assert f"`{tags.TRAIN_DIR}/{family}/<layer>`" in table
     assert f"`{tags.TRAIN_DIR}/{tags.GRAD_RATIO}`" in table
     assert f"`{tags.TRAIN_DIR}/{tags.BATCH_GRAD_MEAN_ABS}/<layer>`" in table

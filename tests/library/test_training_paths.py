@@ -42,7 +42,7 @@ def _train(path, loop, x, y, xv, yv, **kwargs):
             shuffle=False,
             validation_data=(xv, yv),
             verbose=0,
-            callbacks=[tbgrad.GradientTensorBoard(path, **kwargs)],
+            callbacks=[tbgrad.TensorBoard(path, **kwargs)],
         ).history
     else:
         history = tbgrad.train_with_tape(
@@ -78,6 +78,7 @@ def runs(tmp_path_factory, circles):
     return out, expected, histories
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loop", LOOPS)
 def test_every_tag_in_the_right_folder_and_plugin(runs, loop):
     run, _, path = runs[0][loop]
@@ -99,6 +100,7 @@ def test_every_tag_in_the_right_folder_and_plugin(runs, loop):
     assert len(run.validation.event_files) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loop", ["fit+spe", "tape", "tape+xla"])
 def test_both_paths_write_identical_tags_and_values(runs, loop):
     fit, tape = runs[0]["fit"][0], runs[0][loop][0]
@@ -111,6 +113,7 @@ def test_both_paths_write_identical_tags_and_values(runs, loop):
             )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loop", LOOPS)
 def test_grad_mean_abs_is_the_mean_over_every_step(runs, loop):
     run = runs[0][loop][0]
@@ -127,6 +130,7 @@ def test_grad_mean_abs_is_the_mean_over_every_step(runs, loop):
         )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loop", LOOPS)
 def test_gradient_histogram_is_the_first_step_of_each_epoch(runs, loop):
     run = runs[0][loop][0]
@@ -147,6 +151,7 @@ def test_gradient_histogram_is_the_first_step_of_each_epoch(runs, loop):
             assert np.abs(hist[:, 2] - want[:, 2]).sum() <= 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loop", LOOPS)
 def test_weight_tags_match_the_trained_kernels(runs, loop):
     run, model, _ = runs[0][loop]
@@ -168,6 +173,7 @@ def test_weight_tags_match_the_trained_kernels(runs, loop):
         assert hist[-1, 1] == pytest.approx(kernel.max(), rel=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loop", LOOPS)
 def test_epoch_scalars_match_the_history(runs, loop):
     run, model, _ = runs[0][loop]
@@ -233,6 +239,7 @@ def test_histogram_freq_zero_writes_no_histograms(tmp_path, circles):
     assert "grad_mean_abs/output" in run.train.scalars
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loop", LOOPS)
 def test_grad_ratio_is_first_over_last_layer(runs, loop):
     run = runs[0][loop][0]

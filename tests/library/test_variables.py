@@ -12,7 +12,7 @@ from conftest import tiny_mlp
 import tbgrad
 from tbgrad import tags
 from tbgrad.eventlog import load_run
-from tbgrad.stats import tracked_variables
+from tbgrad.variables import tracked_variables
 
 EPOCHS = 2
 BATCH = 16
@@ -97,6 +97,7 @@ def _train(path, loop, variables):
     return model, initial, x, y
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loop", ["fit", "tape"])
 def test_all_variables_of_an_embedding_lstm_model_match_a_tape(tmp_path, loop):
     model, initial, x, y = _train(tmp_path, loop, "all")
@@ -173,7 +174,7 @@ def test_names_of_common_layers():
         "out/bias",
     ]
     assert [v.name for v in tracked_variables(model)] == [n for n in names if "/" not in n]
-    assert [v.name for v in tbgrad.kernel_layers(model)] == [n for n in names if "/" not in n]
+    assert [v.name for v in tbgrad.tracked_variables(model)] == [n for n in names if "/" not in n]
 
 
 def test_names_unique_and_stable_with_repeated_layer_names():

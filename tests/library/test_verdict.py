@@ -87,6 +87,7 @@ def test_bad_arguments_name_the_value():
         judge({"hidden_1": [1, 2], "output": [1, 2, 3]})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset, label", [("A2", "vanishing"), ("A3", "healthy")])
 def test_reference_runs_read_back(tmp_path, capsys, preset, label):
     # Three epochs of the real presets through train.py's main: A2's middle
@@ -117,7 +118,7 @@ def test_nan_inputs_make_a_non_finite_run(tmp_path, circles):
         epochs=2,
         batch_size=32,
         verbose=0,
-        callbacks=[tbgrad.GradientTensorBoard(tmp_path)],
+        callbacks=[tbgrad.TensorBoard(tmp_path)],
     )
     result = verdict.verdict_of(tmp_path)
     assert result.label == "non-finite"
@@ -236,7 +237,7 @@ def test_a_nan_validation_loss_alone_makes_a_non_finite_run(tmp_path, circles, l
             batch_size=32,
             validation_data=(xv, circles.y_test[:32]),
             verbose=0,
-            callbacks=[tbgrad.GradientTensorBoard(tmp_path)],
+            callbacks=[tbgrad.TensorBoard(tmp_path)],
         )
     else:
         tbgrad.train_with_tape(

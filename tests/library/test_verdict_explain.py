@@ -327,6 +327,7 @@ def test_real_run_saturation_signal_matches_the_logged_scalars(tmp_path, circles
     assert math.isfinite(why.signals["update_ratio"])
 
 
+@pytest.mark.slow
 def test_train_prints_the_explanation_and_stores_it(tmp_path, capsys):
     from tbgrad.cli.train import main as train_main
 

@@ -1,0 +1,54 @@
+"""TensorBoard's histogram buckets, on the host and inside the train step.
+
+Both bucket a tensor's finite entries as ``tf.summary.histogram`` does:
+equal buckets from the minimum to the maximum, the maximum in the last
+bucket (an entry's bucket is ``floor(bucket_count * (x - lo) / (hi - lo))``,
+clipped to the last one). In float64 the two give identical counts.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+# TensorBoard's own default (tensorboard/plugins/histogram/summary_v2.py).
+DEFAULT_BUCKET_COUNT = 30
+
+
+def histogram_buckets(data, bucket_count: int = DEFAULT_BUCKET_COUNT) -> np.ndarray:
+    """The float64 ``[bucket_count, 3]`` (left edge, right edge, count) of the
+    finite entries of ``data``, in numpy; NaN and Inf entries are left out."""
+    x = np.asarray(data, dtype=np.float64).ravel()
+    finite = np.isfinite(x)
+    if not finite.all():
+        x = x[finite]
+    lo = float(x.min()) if x.size else 0.0
+    hi = float(x.max()) if x.size else 0.0
+    span = hi - lo if hi > lo else 1.0
+    index = np.floor((x - lo) / span * bucket_count).astype(np.int64)
+    counts = np.bincount(np.clip(index, 0, bucket_count - 1), minlength=bucket_count)
+    return to_buckets(np.concatenate([[lo, hi], counts]), bucket_count)
+
+
+def step_buckets(x, bucket_count: int, dtype="float64"):
+    """``[lo, hi, count_1..count_k]`` of the finite entries of ``x``, in the
+    train step (a segment sum, which XLA compiles; a histogram op it does not)."""
+    x = keras.ops.reshape(keras.ops.cast(x, dtype), [-1])
+    finite = keras.ops.isfinite(x)
+    lo = keras.ops.min(keras.ops.where(finite, x, np.inf))
+    hi = keras.ops.max(keras.ops.where(finite, x, -np.inf))
+    some = lo <= hi
+    lo = keras.ops.where(some, lo, 0.0)
+    hi = keras.ops.where(some, hi, 0.0)
+    span = keras.ops.where(hi > lo, hi - lo, 1.0)
+    scaled = (keras.ops.where(finite, x, lo) - lo) / span * bucket_count
+    index = keras.ops.clip(keras.ops.cast(keras.ops.floor(scaled), "int32"), 0, bucket_count - 1)
+    counts = keras.ops.segment_sum(keras.ops.cast(finite, dtype), index, bucket_count)
+    return keras.ops.concatenate([keras.ops.stack([lo, hi]), counts], axis=0)
+
+
+def to_buckets(row, bucket_count: int) -> np.ndarray:
+    """The ``[bucket_count, 3]`` histogram of a :func:`step_buckets` row."""
+    row = np.asarray(row, np.float64)
+    edges = np.linspace(row[0], row[1], bucket_count + 1)
+    return np.stack([edges[:-1], edges[1:], row[2:]], axis=1)

@@ -1,0 +1,183 @@
+"""One training step as the statistics see it, and how it runs.
+
+The statistics of :mod:`tbgrad.statistics` are written in ``keras.ops`` and
+never ask how the step runs. Everything that depends on it is decided here,
+once per logger (:class:`ExecutionPolicy`) and once per step
+(:class:`StepContext`):
+
+* which cadences count this step (``stats_every`` for the gradient record,
+  ``diagnostics_every`` for the diagnostics, the epoch's first step for the
+  histograms);
+* how a step a cadence leaves out is left out: in a branch that does no work
+  (one functional ``If``), or computed and masked (under XLA, which runs a
+  conditional at more cost than it saves, and under several replicas, where
+  assigning a mirrored variable inside a branch is refused);
+* the gradients as the optimizer applies them: under several replicas the
+  optimizer sums the replicas' gradients after the point where tbgrad sees
+  them, so the step sums its copy the same way once, for every statistic;
+* the activations the training forward pass produced.
+
+This module and :mod:`tbgrad._compat` are the only TensorFlow-specific parts
+the statistics run through.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import keras
+import tensorflow as tf
+
+from tbgrad import _compat
+
+# The cadences a statistic can run on (Statistic.cadence).
+EVERY = "every"  # the steps stats_every counts: the record
+DIAGNOSTICS = "diagnostics"  # the epoch's first step and every diagnostics_every-th
+HISTOGRAM = "histogram"  # the epoch's first step, in an epoch that writes histograms
+EPOCH = "epoch"  # no per-step work: the statistic is computed at the epoch's end
+CADENCES = (EVERY, DIAGNOSTICS, HISTOGRAM, EPOCH)
+
+# The default of diagnostics_every (docs/benchmarks.md has the measurements).
+DEFAULT_DIAGNOSTICS_EVERY = 16
+
+# Execution forms of ExecutionPolicy.
+BRANCH = "branch"
+MASK = "mask"
+
+
+@dataclass(frozen=True)
+class ExecutionPolicy:
+    """How the train step runs, decided once from the logger's mode.
+
+    Args:
+        form: :data:`BRANCH` (a step left out runs no statistic's work) or
+            :data:`MASK` (every step computes, the steps left out are
+            masked).
+        replicas: Replicas in sync; above 1 the gradients and the counts a
+            statistic sums over replicas are all-reduced.
+        xla: Whether the step is compiled with XLA.
+    """
+
+    form: str = BRANCH
+    replicas: int = 1
+    xla: bool = False
+
+    @classmethod
+    def for_mode(cls, jit_compile: bool = False, replicas: int = 1) -> ExecutionPolicy:
+        """The policy of a train step compiled with XLA or not, on ``replicas``."""
+        masked = bool(jit_compile) or replicas > 1
+        return cls(MASK if masked else BRANCH, int(replicas), bool(jit_compile))
+
+    def cond(self, pred, true_fn, false_fn):
+        """``true_fn()`` where ``pred`` holds, else ``false_fn()``: a functional
+        ``If`` when branching, ``tf.cond`` (no assignment inside) otherwise."""
+        if self.form == BRANCH:
+            return _compat.functional_cond(pred, true_fn, false_fn)
+        return tf.cond(pred, true_fn, false_fn)
+
+    def when(self, pred, fn) -> None:
+        """Runs ``fn`` (which assigns state) only where ``pred`` holds: one
+        functional ``If`` (used when branching; a masked step combines its
+        states with ``where`` instead)."""
+
+        def run():
+            fn()
+            return tf.constant(True)
+
+        _compat.functional_cond(pred, run, lambda: tf.constant(False))
+
+    def replica_sum(self, values):
+        """``values`` (a tensor or a list) summed over the replicas."""
+        context = tf.distribute.get_replica_context()
+        if self.replicas <= 1 or context is None or context.num_replicas_in_sync <= 1:
+            return values
+        return context.all_reduce(tf.distribute.ReduceOp.SUM, values)
+
+
+def new_state(name: str, shape, dtype="float32", value=0) -> keras.Variable:
+    """A statistic's state variable: not trainable, updated inside the train
+    step by the first replica only (the statistics sum over replicas
+    themselves where a value covers every replica)."""
+    return keras.Variable(
+        keras.ops.full(shape, value, dtype=dtype),
+        dtype=dtype,
+        trainable=False,
+        autocast=False,
+        aggregation="only_first_replica",
+        synchronization="on_write",
+        name=name,
+    )
+
+
+def read(variable):
+    """The variable's value now, as a tensor: a Keras variable's ``value``
+    (and ``keras.ops.convert_to_tensor`` of it) is the TensorFlow variable
+    itself, read only where it is used, which may be after a later update."""
+    return tf.identity(variable.value)
+
+
+class StepContext:
+    """What one train step gives the statistics (built by the collector).
+
+    Attributes:
+        policy: The :class:`ExecutionPolicy`.
+        index: The step's index in the epoch (an int64 tensor).
+        due: ``{cadence: boolean tensor, or None for "every step"}``.
+        kernels: The tracked variables, in layer order.
+        gradients: The gradients applied to them (summed over replicas), or
+            None before the update step.
+        unclipped: Every gradient before clipping (summed over replicas), or
+            None when the optimizer does not clip.
+        activations: The watched layers' outputs of this step's training
+            forward pass, or None.
+    """
+
+    def __init__(self, policy, index, due, kernels, activations=None):
+        self.policy = policy
+        self.index = index
+        self.due = due
+        self.kernels = kernels
+        self.activations = activations
+        self.gradients = None
+        self.unclipped = None
+        # What a statistic read before the weights moved, by statistic.
+        self.carry: dict[int, object] = {}
+        self._memo: dict[tuple, object] = {}
+
+    def replica_sum(self, values):
+        """``values`` summed over the replicas (identity on one device)."""
+        return self.policy.replica_sum(values)
+
+    def cond(self, pred, true_fn, false_fn):
+        """A per-step choice between two computations (no assignment inside)."""
+        return self.policy.cond(pred, true_fn, false_fn)
+
+    def shared(self, key: str, compute):
+        """``compute()``, computed once per step (and graph) for every
+        statistic that asks for ``key``: per-step work statistics share."""
+        graph_key = (key, tf.compat.v1.get_default_graph())
+        if graph_key not in self._memo:
+            self._memo[graph_key] = compute()
+        return self._memo[graph_key]
+
+
+class ThreadSteps:
+    """The step being traced in each thread: a MirroredStrategy traces each
+    replica's step in a thread of its own, at the same time."""
+
+    def __init__(self):
+        self._steps: dict[int, StepContext] = {}
+
+    def current(self) -> StepContext | None:
+        return self._steps.get(threading.get_ident())
+
+    def start(self, step: StepContext) -> StepContext:
+        self._steps[threading.get_ident()] = step
+        return step
+
+    def end(self) -> StepContext | None:
+        return self._steps.pop(threading.get_ident(), None)
+
+    def clear(self) -> None:
+        self._steps.clear()
