@@ -121,10 +121,30 @@ def load_run(run_dir: str | os.PathLike) -> RunData:
     """Reads a run folder written by tbgrad (or Keras's TensorBoard callback).
 
     ``run_dir`` is a local path or a URL (``gs://bucket/logs/run-1``).
+
+    Raises:
+        ValueError: ``run_dir`` holds no run: no event file in its
+            ``train/`` or ``validation/`` folder.
     """
     run_dir = _paths.as_path(run_dir)
     splits = {split: load_split(_paths.join(run_dir, split)) for split in SPLITS}
+    if not any(split.event_files for split in splits.values()):
+        raise ValueError(_no_run_message(run_dir))
     return RunData(run_dir, splits, load_hparams(run_dir))
+
+
+def _no_run_message(run_dir) -> str:
+    where = os.fspath(run_dir)
+    hint = ""
+    name = where.rstrip("/").rsplit("/", 1)[-1]
+    if name in SPLITS:
+        hint = f" ({name}/ is a run's folder of event files: pass the run folder above it)"
+    elif not _paths.gfile().isdir(where):
+        hint = " (no such folder)"
+    return (
+        f"{where} holds no run: no event file in its {tags.TRAIN_DIR}/ or "
+        f"{tags.VALIDATION_DIR}/ folder{hint}. Received: run_dir={where!r}"
+    )
 
 
 def load_hparams(run_dir: str | os.PathLike) -> dict:

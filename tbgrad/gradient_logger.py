@@ -252,6 +252,7 @@ class GradientLogger:
         *,
         reset: bool = True,
         snapshot: Mapping | None = None,
+        flush: bool = True,
     ) -> None:
         """Writes epoch ``epoch`` and starts the next one.
 
@@ -267,6 +268,9 @@ class GradientLogger:
             snapshot: ``collector.snapshot_tensors()`` read inside a compiled
                 epoch, as numpy (:func:`tbgrad.train_with_tape` does so and
                 resets the statistics there).
+            flush: Push the epoch to the event files now, so that a process
+                killed later keeps it (the callback flushes once it has
+                written Keras's part of the epoch too).
         """
         train = {k: v for k, v in (logs or {}).items() if not k.startswith(VAL_PREFIX)}
         val = {k[len(VAL_PREFIX) :]: v for k, v in (logs or {}).items() if k not in train}
@@ -280,6 +284,8 @@ class GradientLogger:
             self._check_observed(epoch, values)
         self._open().write_epoch(epoch, train, val, values.values)
         self._note_nonfinite(epoch, values)
+        if flush:
+            self.summary.flush()
         self.epoch = epoch + 1
         if reset:
             self.begin_epoch(epoch + 1)

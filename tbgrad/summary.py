@@ -59,10 +59,9 @@ class SummaryLogger:
     def writer(self, split: str) -> tf.summary.SummaryWriter:
         """The file writer of ``split`` (``"train"`` or ``"validation"``)."""
         if split not in self._writers:
-            # No flush per epoch (an fsync each time would cost more than the
-            # summaries), but at most FLUSH_SECONDS behind, so that a live
-            # TensorBoard shows a slow run's epochs as they finish; close()
-            # flushes the rest.
+            # The loggers flush at each epoch's end (a killed process keeps
+            # every finished epoch); within an epoch the writer is at most
+            # FLUSH_SECONDS behind; close() flushes the rest.
             self._writers[split] = tf.summary.create_file_writer(
                 os.path.join(self.log_dir, split), flush_millis=FLUSH_SECONDS * 1000
             )

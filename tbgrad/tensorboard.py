@@ -224,12 +224,14 @@ class TensorBoard(keras.callbacks.TensorBoard):
         logs = dict(logs or {})
         if self.write_steps_per_second:
             logs["steps_per_second"] = self._compute_steps_per_second()
-        self._gradients.end_epoch(epoch, logs, reset=False)
+        self._gradients.end_epoch(epoch, logs, reset=False, flush=False)
         self._write_model_graph()
         if self._gradients.histograms_due(epoch):
             self._log_weights(epoch)
         if self.embeddings_freq and epoch % self.embeddings_freq == 0:
             self._log_embeddings(epoch)
+        # A process killed later (out of memory, preempted) keeps this epoch.
+        self._gradients.summary.flush()
 
     def on_train_end(self, logs=None):
         super().on_train_end(logs)

@@ -496,7 +496,8 @@ def _suggest(label: str, layers, flags: dict, config: dict) -> str:
 
 def _vanishing_fix(layers, act: str, init: str) -> str:
     """What to try when the gradient vanishes without a supporting signal."""
-    weak = f"{layer_span(layers)} get too little gradient"
+    verb = "gets" if len(layers) == 1 else "get"
+    weak = f"{layer_span(layers)} {verb} too little gradient"
     if act == "sigmoid":
         # sigmoid'(z) <= 0.25: every sigmoid layer divides the gradient by
         # four or more, saturated or not (study B's sigmoid model).

@@ -61,6 +61,8 @@ from tbgrad.dashboard import metadata
 
 # The plugin that owns every scalar tbgrad and Keras write (tf.summary.scalar).
 SCALARS_PLUGIN = "scalars"
+# The plugin of tf.summary.text (the first_nonfinite tag).
+TEXT_PLUGIN = "text"
 # Ask for every point: the data providers keep at most --samples_per_plugin
 # points per series anyway (1000 scalars by default, more than the 500
 # epochs of the studies), and downsampling here would drop epochs.
@@ -206,9 +208,12 @@ def heatmap(info: RunInfo, stat: str, relative: bool, data: Mapping[str, Sequenc
     """The ``/heatmap`` payload of one run, without the request-wide fields."""
     epochs, values = value_matrix(info, stat, data)
     if relative and len(values):
-        # The output layer is last in model order; x / 0 and 0 / 0 become null.
+        # The output layer: the last kernel in model order (with
+        # variables="all" its bias and other variables follow it); x / 0 and
+        # 0 / 0 become null.
+        reference = output_row(info)
         with np.errstate(divide="ignore", invalid="ignore"):
-            values = values / values[-1:, :]
+            values = values / values[reference : reference + 1, :]
     return {
         "run": info.run,
         "name": info.name,
@@ -216,6 +221,14 @@ def heatmap(info: RunInfo, stat: str, relative: bool, data: Mapping[str, Sequenc
         "epochs": epochs,
         "values": [[finite_or_none(v) for v in row] for row in values],
     }
+
+
+def output_row(info: RunInfo) -> int:
+    """The row of the output layer's kernel among ``info.layers``."""
+    rows = [
+        i for i, layer in enumerate(info.layers) if info.kernels is None or layer in info.kernels
+    ]
+    return rows[-1] if rows else len(info.layers) - 1
 
 
 def colour_scale(stat: str, maps: Iterable[dict]) -> str:
@@ -260,6 +273,7 @@ def run_summary(
     train: Mapping[str, Sequence],
     validation: Mapping,
     config: Mapping[str, object] | None = None,
+    first_nonfinite: tuple[int, str] | None = None,
 ) -> dict:
     """The ``/runs`` entry of one run: its layers, statistics and verdict.
 
@@ -270,6 +284,8 @@ def run_summary(
             and the tags of :data:`EXPLANATION_FAMILIES` that were logged.
         validation: The same for its validation folder (may be empty).
         config: The run's HParams ``{name: value}``, for the suggestion.
+        first_nonfinite: ``(epoch, text)`` of the run's ``first_nonfinite``
+            tag, for the explanation of a non-finite verdict.
     """
     gma = {
         layer: series_by_step(train.get(tags.layer_tag(tags.GRAD_MEAN_ABS, layer), ()))
@@ -286,7 +302,7 @@ def run_summary(
     series = {layer: [s[e] for e in common] for layer, s in gma.items()}
     found = _judge(info, series, train, validation)
     scalars = {tag: series_by_step(data) for tag, data in train.items()}
-    explanation = verdict.explain_figures(found, series, common, scalars, config)
+    explanation = verdict.explain_figures(found, series, common, scalars, config, first_nonfinite)
     layer, ratio = weakest_layer(series)
     return {
         "run": info.run,
@@ -520,13 +536,35 @@ class GradientFlowPlugin(base_plugin.TBPlugin):
         runs += [info.validation_run for info in infos.values() if info.validation_run]
         data = self._read(ctx, eid, runs, wanted)
         configs = self._configs(ctx, eid, [info.name for info in infos.values()])
+        nonfinite = self._first_nonfinite(ctx, eid, [info.run for info in infos.values()])
         out = []
         for info in infos.values():
             config = configs.get(info.name, [])
             train, validation = data.get(info.run, {}), data.get(info.validation_run, {})
-            summary = run_summary(info, train, validation, dict(config))
+            first = nonfinite.get(info.run)
+            summary = run_summary(info, train, validation, dict(config), first)
             out.append(summary | {"config": config})
         return sorted(out, key=lambda entry: natural_key(entry["name"]))
+
+    def _first_nonfinite(self, ctx, eid: str, runs: Sequence[str]) -> dict[str, tuple]:
+        """``{run: (epoch, text)}`` of the runs' first ``first_nonfinite`` text tag,
+        as :attr:`tbgrad.eventlog.SplitData.first_nonfinite` reads it."""
+        only = provider.RunTagFilter(runs=list(runs), tags=[tags.FIRST_NONFINITE])
+        data = self._provider.read_tensors(
+            ctx,
+            experiment_id=eid,
+            plugin_name=TEXT_PLUGIN,
+            downsample=DOWNSAMPLE,
+            run_tag_filter=only,
+        )
+        out = {}
+        for run, by_tag in data.items():
+            written = by_tag.get(tags.FIRST_NONFINITE)
+            if written:
+                first = min(written, key=lambda d: d.step)  # the run's first wins
+                text = first.numpy.item()
+                out[run] = (int(first.step), text.decode() if isinstance(text, bytes) else text)
+        return out
 
     def _configs(self, ctx, eid: str, folders: Sequence[str]) -> dict[str, list[list]]:
         """``{run folder: run_config(...)}`` of the folders holding HParams."""

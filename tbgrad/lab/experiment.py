@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from tbgrad import _multi_worker, _paths, tags
-from tbgrad.eventlog import load_split
+from tbgrad.eventlog import RunData, load_split
 from tbgrad.hparams import write_hparams, write_verdict
 from tbgrad.lab.config import HPARAM_DOMAINS, RunConfig
 from tbgrad.lab.data import load_dataset
@@ -23,7 +23,7 @@ from tbgrad.lab.models import build_mlp, make_optimizer
 from tbgrad.lab.runs import create_run_dir
 from tbgrad.tape import train_with_tape
 from tbgrad.tensorboard import TensorBoard
-from tbgrad.verdict import verdict_of
+from tbgrad.verdict import run_verdict, verdict_of
 
 # The run folder's record of its config and final figures; a sweep counts a
 # run folder holding it as finished.
@@ -154,7 +154,8 @@ def run(
             history = _fit(config, data, model, optimizer, strategy, run_dir, verbose)
         else:
             history = _tape(config, data, model, optimizer, run_dir, verbose)
-        result = _result(config, run_dir, data, model, history, time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        result = _result(config, run_dir, data, model, history, seconds, chief)
     finally:
         if not chief:
             _multi_worker.remove_temporary(run_dir)
@@ -229,7 +230,9 @@ def _tape(config: RunConfig, data, model, optimizer, run_dir, verbose: int) -> d
     )
 
 
-def _result(config: RunConfig, run_dir, data, model, history: dict, seconds: float) -> RunResult:
+def _result(
+    config: RunConfig, run_dir, data, model, history: dict, seconds: float, chief: bool = True
+) -> RunResult:
     """The trained model's figures on all of both halves, and the run's verdict,
     also written into the run folder for HParams (:func:`write_verdict`)."""
     train_loss, train_acc = evaluate(model, data.x_train, data.y_train)
@@ -243,8 +246,13 @@ def _result(config: RunConfig, run_dir, data, model, history: dict, seconds: flo
         train_loss=train_loss,
         test_loss=test_loss,
         seconds=seconds,
+        writes=chief,
     )
-    found = verdict_of(run_dir)
+    if chief:
+        found = verdict_of(run_dir)
+    else:
+        # A worker other than the chief: its temporary folder holds no run.
+        found = run_verdict(RunData(run_dir, {}))
     epochs = len(result.history.get("loss", ()))
     if epochs:
         write_verdict(run_dir, found, step=epochs - 1)

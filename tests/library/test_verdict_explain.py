@@ -141,7 +141,7 @@ def test_vanishing_without_saturation_suggests_from_the_config(tmp_path, act, in
     written = gradients({"hidden_1": [1.0] * EPOCHS, "hidden_2": [0.02] * EPOCHS})
     found = verdict_of(write_run(tmp_path, written, {"act": act, "init": init}))
     assert found.explanation.notes == ()
-    assert found.explanation.suggestion == f"hidden_2 get too little gradient{fix}"
+    assert found.explanation.suggestion == f"hidden_2 gets too little gradient{fix}"
 
 
 def healthy_relu(dead: list[float], update: float = 1e-3) -> dict[str, list[float]]:
