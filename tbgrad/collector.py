@@ -126,7 +126,10 @@ class Collector:
         have not moved yet."""
         step = self._start()
         if any(stat.reads_unclipped for stat in self.statistics):
-            dense = [_compat.dense_values(g) for g in unclipped if g is not None]
+            # Under several replicas an embedding's rows differ by replica:
+            # the sum over replicas needs the dense gradient.
+            values = _compat.densify if self.policy.replicas > 1 else _compat.dense_values
+            dense = [values(g) for g in unclipped if g is not None]
             step.unclipped = step.replica_sum(dense) if dense else []
         for stat in self.statistics:
             if type(stat).before is not Statistic.before:
@@ -137,8 +140,9 @@ class Collector:
         step = self._start()
         gradients = _select(self.setup.layers, grads, variables)
         if gradients is None:
-            self._steps.end()
+            self._steps.end()  # no tracked gradient: not a step of ours
             return
+        self._seen.assign_add(keras.ops.ones([], "int64"))
         step.gradients = step.replica_sum([keras.ops.convert_to_tensor(g) for g in gradients])
         self._run(step, [s for s in self.statistics if not _at_end(s)])
 
@@ -156,8 +160,7 @@ class Collector:
         step = self._steps.current()
         if step is not None:
             return step
-        index = _step.read(self._seen)
-        self._seen.assign_add(keras.ops.ones([], "int64"))
+        index = _step.read(self._seen)  # counted by update(), once it has gradients
         due = {cadence: self._due(index, cadence) for cadence in self.every}
         due[_step.HISTOGRAM] = keras.ops.logical_and(
             keras.ops.equal(index, 0), _step.read(self._capture)
@@ -173,11 +176,11 @@ class Collector:
     def _before(self, step, stat):
         due = step.due[stat.cadence]
         if due is None or self.policy.form == _step.MASK:
-            return stat.before(step)
+            return _step.snapshot(stat.before(step))
         # A step left out reads nothing: one empty tensor per variable.
         return self.policy.cond(
             due,
-            lambda: stat.before(step),
+            lambda: _step.snapshot(stat.before(step)),
             lambda: [keras.ops.zeros([0], "float32") for _ in step.kernels],
         )
 

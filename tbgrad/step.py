@@ -117,6 +117,13 @@ def read(variable):
     return tf.identity(variable.value)
 
 
+def snapshot(values):
+    """``values`` (a structure of tensors or variables) read now."""
+    return tf.nest.map_structure(
+        lambda v: read(v) if isinstance(v, keras.Variable) else tf.identity(v), values
+    )
+
+
 class StepContext:
     """What one train step gives the statistics (built by the collector).
 
@@ -144,6 +151,9 @@ class StepContext:
         # What a statistic read before the weights moved, by statistic.
         self.carry: dict[int, object] = {}
         self._memo: dict[tuple, object] = {}
+        # The graph the step is traced in (a trace that raised mid-step
+        # leaves its step behind: ThreadSteps drops it).
+        self.graph = tf.compat.v1.get_default_graph()
 
     def replica_sum(self, values):
         """``values`` summed over the replicas (identity on one device)."""
@@ -170,7 +180,11 @@ class ThreadSteps:
         self._steps: dict[int, StepContext] = {}
 
     def current(self) -> StepContext | None:
-        return self._steps.get(threading.get_ident())
+        step = self._steps.get(threading.get_ident())
+        if step is not None and step.graph is not tf.compat.v1.get_default_graph():
+            self.end()  # left by a trace that raised, or by an eager step
+            return None
+        return step
 
     def start(self, step: StepContext) -> StepContext:
         self._steps[threading.get_ident()] = step

@@ -53,8 +53,11 @@ class SummaryLogger:
         names, kernel_names, compared = self._run_layers
         self._run_layers = None
         train = self._writers[tags.TRAIN_DIR]
-        layout.write_layout(train, compared)  # Custom Scalars charts
-        dashboard_metadata.write_layers(train, names, kernel_names)
+        # Eagerly, also when the model is first built inside a traced train
+        # step: written once, not by every step.
+        with tf.init_scope():
+            layout.write_layout(train, compared)  # Custom Scalars charts
+            dashboard_metadata.write_layers(train, names, kernel_names)
 
     def writer(self, split: str) -> tf.summary.SummaryWriter:
         """The file writer of ``split`` (``"train"`` or ``"validation"``)."""

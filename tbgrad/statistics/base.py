@@ -18,7 +18,7 @@ Writing one's own::
             super().__init__(setup)
             self.add_state("peak", [len(setup.layers)], combine=MAX)
 
-        def update(self, step):
+        def update(self, step, carry=None):
             return {"peak": keras.ops.stack(
                 [keras.ops.max(keras.ops.abs(g)) for g in step.gradients])}
 

@@ -17,12 +17,12 @@ from tbgrad.statistics.base import LAST, MAX, Family, Statistic
 from tbgrad.statistics.buckets import step_buckets, to_buckets
 
 # Columns of layer_moments.
-MEAN_ABS, STD, NONFINITE, SQUARES = 0, 1, 2, 3
+MEAN_ABS, STD, NONFINITE, NORM = 0, 1, 2, 3
 
 
 def layer_moments(step: _step.StepContext):
     """``[layers, 4]`` float32 of the step's gradients: mean |g|, std(g), the
-    number of NaN or Inf entries, and sum g^2, over each gradient's finite
+    number of NaN or Inf entries, and the L2 norm, over each gradient's finite
     entries. Computed once per step for every statistic that asks."""
     return step.shared("gradient_moments", lambda: _layer_moments(step))
 
@@ -55,9 +55,9 @@ def _moments(sums, counts, sizes):
     mean = sums[:, 1] * inverse
     std = keras.ops.sqrt(keras.ops.maximum(sums[:, 2] * inverse - mean * mean, 0.0))
     nonfinite = keras.ops.cast(sizes, dtype) - counts
-    return keras.ops.cast(
-        keras.ops.stack([mean_abs, std, nonfinite, sums[:, 2]], axis=1), "float32"
-    )
+    # The norm before the cast: a recount's squares may be past float32.
+    norm = keras.ops.sqrt(sums[:, 2])
+    return keras.ops.cast(keras.ops.stack([mean_abs, std, nonfinite, norm], axis=1), "float32")
 
 
 def _finite_moments(grads, sizes):
@@ -208,9 +208,12 @@ class GradientNorm(Statistic):
         self.add_state("steps", [], "int64")
 
     def update(self, step, carry=None):
-        squares = layer_moments(step)[:, SQUARES]
-        total = keras.ops.sum(squares, keepdims=True)
-        norms = keras.ops.sqrt(keras.ops.concatenate([squares, total], axis=0))
+        norms = layer_moments(step)[:, NORM]
+        # The norm of the norms, scaled by the largest: no square overflows.
+        scale = keras.ops.max(norms)
+        inverse = keras.ops.where(scale > 0, 1.0 / keras.ops.maximum(scale, 1e-30), 0.0)
+        total = scale * keras.ops.sqrt(keras.ops.sum(keras.ops.square(norms * inverse)))
+        norms = keras.ops.concatenate([norms, keras.ops.reshape(total, [1])], axis=0)
         return {"sums": norms, "peak": norms, "steps": keras.ops.ones([], "int64")}
 
     def result(self, values, epoch):

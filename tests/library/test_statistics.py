@@ -225,3 +225,58 @@ def test_the_tape_loop_takes_gradients_of_unknown_static_shape(tmp_path):
     y = (x[:, 0, :1] > 0).astype("float32")
     tbgrad.train_with_tape(model, x, y, batch_size=8, log_dir=tmp_path, verbose=0)
     assert load_run(tmp_path).train.scalar("grad_norm/d")[0] > 0
+
+
+def test_a_model_built_in_its_first_step_writes_its_layers_once(tmp_path):
+    # A subclassed model is built inside fit's first trace, where the
+    # statistics are made: the run's layer order is still written eagerly,
+    # once, not by every train step.
+    from tensorboard.backend.event_processing import event_file_loader
+
+    import tbgrad
+    from tbgrad.dashboard import metadata
+
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.a = keras.layers.Dense(3, name="a")
+            self.b = keras.layers.Dense(1, name="b")
+
+        def call(self, x):
+            return self.b(self.a(x))
+
+    model = Net()
+    model.compile("sgd", "mse")
+    x = np.ones((32, 2), "float32")
+    model.fit(
+        x, x[:, :1], batch_size=8, epochs=1, verbose=0, callbacks=[tbgrad.TensorBoard(tmp_path)]
+    )
+    written = [
+        value.tag
+        for path in (tmp_path / "train").iterdir()
+        for event in event_file_loader.EventFileLoader(str(path)).Load()
+        for value in event.summary.value
+    ]
+    assert written.count(metadata.LAYERS_TAG) == 1
+
+
+@pytest.mark.parametrize("mode", ["eager", "branch"])
+def test_a_step_without_a_tracked_gradient_is_not_counted(mode):
+    kernels = [keras.Variable(np.zeros((2, 2), "float32"))]
+    other = keras.Variable(np.zeros((3,), "float32"))
+    collector = _collector(kernels, mode, (GradientMoments,), every=2)
+
+    def step(tracked):
+        collector.begin_update([tf.ones((2, 2))] if tracked else [tf.ones((3,))])
+        if tracked:
+            collector.update([tf.ones((2, 2))], kernels)
+        else:
+            collector.update([tf.ones((3,))], [other])  # e.g. another model's step
+        collector.end_update()
+
+    run = step if mode == "eager" else tf.function(step, reduce_retracing=True)
+    for tracked in (True, False, True, False, True):
+        run(tracked)
+    epoch = collector.epoch(histograms=False)
+    assert epoch.seen == 3  # only the steps with the kernel's gradient
+    np.testing.assert_allclose(epoch.values["grad_mean_abs/k0"], 1.0)
