@@ -161,10 +161,12 @@ class Collector:
         if step is not None:
             return step
         index = _step.read(self._seen)  # counted by update(), once it has gradients
-        due = {cadence: self._due(index, cadence) for cadence in self.every}
-        due[_step.HISTOGRAM] = keras.ops.logical_and(
-            keras.ops.equal(index, 0), _step.read(self._capture)
-        )
+        used = {stat.cadence for stat in self.statistics}
+        due = {cadence: self._due(index, cadence) for cadence in self.every if cadence in used}
+        if _step.HISTOGRAM in used:
+            due[_step.HISTOGRAM] = keras.ops.logical_and(
+                keras.ops.equal(index, 0), _step.read(self._capture)
+            )
         kernels = [layer.kernel for layer in self.setup.layers]
         activations = self._tap.take() if self._tap is not None else None
         return self._steps.start(_step.StepContext(self.policy, index, due, kernels, activations))

@@ -118,10 +118,9 @@ def read(variable):
 
 
 def snapshot(values):
-    """``values`` (a structure of tensors or variables) read now."""
-    return tf.nest.map_structure(
-        lambda v: read(v) if isinstance(v, keras.Variable) else tf.identity(v), values
-    )
+    """``values`` (a structure of tensors or variables) with every variable
+    read now; tensors are values already."""
+    return tf.nest.map_structure(lambda v: read(v) if isinstance(v, keras.Variable) else v, values)
 
 
 class StepContext:

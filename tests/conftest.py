@@ -19,6 +19,18 @@ def circles():
     return tbgrad.lab.load_dataset("circles-a")
 
 
+class TwoDense(keras.Model):
+    """A subclassed model, built only by its first call: Dense ``a`` then ``b``."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = keras.layers.Dense(3, name="a")
+        self.b = keras.layers.Dense(1, name="b")
+
+    def call(self, x):
+        return self.b(self.a(x))
+
+
 def tiny_mlp(seed: int = 3, depth: int = 2, act: str = "tanh", init: str = "glorot_uniform"):
     keras.utils.set_random_seed(seed)
     return tbgrad.lab.build_mlp(depth=depth, width=4, activation=act, init=init)

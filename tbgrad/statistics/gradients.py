@@ -76,6 +76,13 @@ def _finite_moments(grads, sizes):
     return _moments(sums[:, :3], sums[:, 3], sizes)
 
 
+def found_record(values, names, what: str) -> dict | None:
+    """``{"what", "layer", "step"}`` of a ``found_at`` state's numpy value,
+    or None when nothing was found."""
+    index, layer = (int(v) for v in values)
+    return None if index < 0 else {"what": what, "layer": names[layer], "step": index}
+
+
 def first_found(old, new):
     """Keeps the first ``[step index, layer]`` found (``-1`` when none)."""
     return keras.ops.where(keras.ops.logical_and(old[0] < 0, new[0] >= 0), new, old)
@@ -169,10 +176,7 @@ class GradientMoments(Statistic):
         }
 
     def first_nonfinite(self, values, epoch):
-        index, layer = (int(v) for v in values["first_bad"])
-        if index < 0:
-            return None
-        return {"what": "gradient", "layer": self.setup.names[layer], "step": index}
+        return found_record(values["first_bad"], self.setup.names, "gradient")
 
 
 class GradientNorm(Statistic):

@@ -19,7 +19,7 @@ import numpy as np
 from tbgrad import step as _step
 from tbgrad import tags
 from tbgrad.statistics.base import Family, Statistic
-from tbgrad.statistics.gradients import first_found, found_at
+from tbgrad.statistics.gradients import first_found, found_at, found_record
 
 # The rule of thumb (cs231n.github.io/neural-networks-3, "Ratio of weights:
 # updates"): updates about a thousandth of the weights.
@@ -84,10 +84,7 @@ class UpdateRatio(Statistic):
         return epoch.per_layer(tags.UPDATE_RATIO, sums / steps)
 
     def first_nonfinite(self, values, epoch):
-        index, layer = (int(v) for v in values["first_bad"])
-        if index < 0:
-            return None
-        return {"what": "weight", "layer": self.setup.names[layer], "step": index}
+        return found_record(values["first_bad"], self.setup.names, "weight")
 
 
 def _norm(x):

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import expected_histogram, reference_sgd_gradients, tiny_mlp
+from conftest import TwoDense, expected_histogram, reference_sgd_gradients, tiny_mlp
 
 import tbgrad
 from tbgrad import tags
@@ -204,16 +204,7 @@ def test_a_train_step_traced_before_the_logger_is_reported(tmp_path, circles):
 
 
 def test_model_built_by_its_first_step(tmp_path):
-    class Net(keras.Model):
-        def __init__(self):
-            super().__init__()
-            self.a = keras.layers.Dense(3, name="a")
-            self.b = keras.layers.Dense(1, name="b")
-
-        def call(self, x):
-            return self.b(self.a(x))
-
-    model = Net()
+    model = TwoDense()
     optimizer = keras.optimizers.SGD(0.1)
     logger = tbgrad.GradientLogger(model, tmp_path, optimizer=optimizer).attach()
     assert not list(tmp_path.iterdir())  # nothing written until the first step builds the model

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import TwoDense
 
 from tbgrad import step as S
 from tbgrad import tags
@@ -236,16 +237,7 @@ def test_a_model_built_in_its_first_step_writes_its_layers_once(tmp_path):
     import tbgrad
     from tbgrad.dashboard import metadata
 
-    class Net(keras.Model):
-        def __init__(self):
-            super().__init__()
-            self.a = keras.layers.Dense(3, name="a")
-            self.b = keras.layers.Dense(1, name="b")
-
-        def call(self, x):
-            return self.b(self.a(x))
-
-    model = Net()
+    model = TwoDense()
     model.compile("sgd", "mse")
     x = np.ones((32, 2), "float32")
     model.fit(
