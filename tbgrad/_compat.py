@@ -131,13 +131,18 @@ def unwrap_skip_step(optimizer) -> None:
 
 # The private parts of ``keras.callbacks.TensorBoard`` that tbgrad.TensorBoard
 # overrides or calls (keras/src/callbacks/tensorboard.py): the weight
-# histograms it replaces (``_log_weights``), the writers it shares with
+# histograms it writes its own way (``_log_weights``), the Projector config
+# it writes into a folder it creates first, the default writer and profile
+# trace it undoes after an exception, the writers it shares with
 # tbgrad's own, the model summary and train graph it writes at the end of
 # the first epoch instead of in ``set_model``, the per-epoch steps per
 # second, weight images and embeddings it keeps, and the flags that say
 # whether the batch hooks have work to do.
 KERAS_TENSORBOARD_METHODS = (
     "_log_weights",
+    "_configure_embeddings",
+    "_pop_writer",
+    "_stop_trace",
     "_log_weight_as_image",
     "_log_embeddings",
     "_write_keras_model_summary",
@@ -146,7 +151,37 @@ KERAS_TENSORBOARD_METHODS = (
     "_train_writer",
     "_val_writer",
 )
-KERAS_TENSORBOARD_ATTRIBUTES = ("_should_trace", "_should_write_train_graph")
+KERAS_TENSORBOARD_ATTRIBUTES = (
+    "_should_trace",
+    "_should_write_train_graph",
+    "_is_tracing",
+    "_prev_summary_state",
+)
+
+
+# Keras's fit has no ``finally``: an exception out of it (user code in a
+# callback or a data generator, KeyboardInterrupt) skips ``on_train_end``,
+# so a callback cannot undo itself there. Every fit and ``train_on_batch``
+# first calls the model's public ``make_train_function``; shadowing it on
+# the one model instance runs ``undo`` before the next one is made.
+NEXT_TRAIN_FUNCTION = "make_train_function"
+
+
+def before_next_train_function(model, undo: Callable[[], None]) -> None:
+    """Runs ``undo()`` when ``model`` next makes its train function (the next
+    ``fit``), unless :func:`forget_next_train_function` is called first."""
+
+    def make_train_function(force=False):
+        forget_next_train_function(model)
+        undo()
+        return model.make_train_function(force=True)
+
+    object.__setattr__(model, NEXT_TRAIN_FUNCTION, make_train_function)
+
+
+def forget_next_train_function(model) -> None:
+    """Undoes :func:`before_next_train_function`."""
+    model.__dict__.pop(NEXT_TRAIN_FUNCTION, None)
 
 
 def sublayers(layer) -> Iterator:

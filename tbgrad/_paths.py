@@ -106,6 +106,22 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         gfile().rename(tmp, path, overwrite=True)
 
 
+def make_writable(path: str | os.PathLike, who: str) -> None:
+    """Creates the folder ``path`` (with its parents) where ``who`` writes.
+
+    Raises:
+        OSError: One line naming the folder and why it cannot be written.
+    """
+    path = os.fspath(path)
+    try:
+        with _os_errors():
+            gfile().makedirs(path)
+        if not is_url(path) and not os.access(path, os.W_OK | os.X_OK):
+            raise PermissionError("permission denied")
+    except OSError as err:
+        raise OSError(f"{who} cannot write its log folder {path!r}: {err}") from None
+
+
 @contextlib.contextmanager
 def _os_errors():
     # tf.io.gfile raises tf.errors.OpError; callers expect what open() raises.

@@ -19,7 +19,7 @@ from typing import Literal
 import keras
 import tensorflow as tf
 
-from tbgrad import _compat, _multi_worker, tags
+from tbgrad import _compat, _multi_worker, _paths, tags
 from tbgrad import step as _step
 from tbgrad._validate import (
     EPOCH,
@@ -156,6 +156,8 @@ class GradientLogger:
             self.log_dir, self._temporary_log_dir = _multi_worker.writable_log_dir(
                 self.requested_log_dir, getattr(self.model, "distribute_strategy", None)
             )
+            # Before anything is hooked: one clear error, not one at a flush.
+            _paths.make_writable(self.log_dir, "tbgrad")
             self.summary = SummaryLogger(self.log_dir)
         if self.optimizer is not None and self._hook is None:
             self._hook = OptimizerHook(self.optimizer, lambda: self)

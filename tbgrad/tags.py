@@ -104,6 +104,12 @@ KERAS_ROWS = (
         "every epoch",
         "loss and accuracy on the validation data",
     ),
+    (
+        f"`{TRAIN_DIR}/<weight path>/histogram`",
+        "Histograms",
+        "every `histogram_freq` epochs",
+        "Keras's: every weight of every layer",
+    ),
 )
 STEP_ROWS = (
     (

@@ -21,7 +21,7 @@ from typing import Literal
 
 import keras
 
-from tbgrad import _multi_worker, tags
+from tbgrad import _compat, _multi_worker, _paths, tags
 from tbgrad import step as _step
 from tbgrad._validate import (
     EPOCH,
@@ -33,6 +33,7 @@ from tbgrad._validate import (
 )
 from tbgrad.gradient_logger import GradientLogger
 from tbgrad.statistics import REGISTRY
+from tbgrad.statistics.buckets import histogram_buckets
 from tbgrad.summary import float_logs
 from tbgrad.variables import KERNELS
 
@@ -40,17 +41,18 @@ from tbgrad.variables import KERNELS
 class TensorBoard(keras.callbacks.TensorBoard):
     """Keras's TensorBoard callback plus per-layer gradients and weights.
 
-    The same ``train/`` and ``validation/`` folders and ``epoch_*`` scalars as
-    ``keras.callbacks.TensorBoard``, plus for every layer with a kernel (or
-    every variable ``variables`` selects) the tags of :mod:`tbgrad.tags`
-    (``gradients/<layer>``, ``grad_mean_abs/<layer>``, ``weights/<layer>``,
-    ...). Keras's own per-epoch weight histograms (``<weight path>/histogram``)
-    are not written: ``weights/<layer>`` replaces them at a fraction of the
-    cost. Two defaults differ from Keras's: ``histogram_freq=1`` (histograms
-    are the point) and ``write_graph=False`` (the model graph is one more
-    tag in ``train/``; pass ``write_graph=True`` for it). Keras's
-    ``evaluation_<metric>_vs_iterations`` scalars are not written
-    (``validation/epoch_<metric>`` holds the same values).
+    Everything Keras's callback writes for the same arguments is written
+    too, in the same folders, under the same tags and at the same steps
+    (the ``epoch_*`` and ``batch_*`` scalars, ``evaluation_*_vs_iterations``
+    after each validation and ``evaluate``, the ``keras`` model tag and the
+    train graph, the per-weight ``<weight path>/histogram`` histograms and
+    images, the Projector's embeddings, profiles, and a layer's own
+    ``tf.summary`` calls in training and validation). Beside them, for every
+    layer with a kernel (or every variable ``variables`` selects), the tags
+    of :mod:`tbgrad.tags` (``gradients/<layer>``, ``grad_mean_abs/<layer>``,
+    ``weights/<layer>``, ...). One default differs from Keras's:
+    ``histogram_freq=1`` (histograms are the point; ``histogram_freq=0``
+    is Keras's default).
 
     The statistics are accumulated inside the compiled train step, so every
     step counts also under ``model.compile(steps_per_execution=N)``.
@@ -58,7 +60,8 @@ class TensorBoard(keras.callbacks.TensorBoard):
     Args:
         log_dir: The run folder.
         histogram_freq: Gradient and weight histograms every this many
-            epochs; 0 writes none. Scalars are written every epoch.
+            epochs; 0 writes none (Keras's default). Scalars are written
+            every epoch.
         write_graph: Write the Keras model's graph (the ``keras`` tag of
             ``train/``), as Keras does.
         write_images: Write the weights as images every ``histogram_freq``
@@ -105,7 +108,7 @@ class TensorBoard(keras.callbacks.TensorBoard):
         self,
         log_dir: str | os.PathLike = "logs",
         histogram_freq: int = 1,
-        write_graph: bool = False,
+        write_graph: bool = True,
         write_images: bool = False,
         write_steps_per_second: bool = False,
         update_freq: Literal["epoch", "batch"] | int = EPOCH,
@@ -187,6 +190,9 @@ class TensorBoard(keras.callbacks.TensorBoard):
         self._hooked = True
         # A train function traced before this fit would not call the hook.
         self.model.make_train_function(force=True)
+        # An exception out of fit skips on_train_end: the next fit undoes
+        # this one first (the next train function is made without tbgrad).
+        _compat.before_next_train_function(self.model, self._abandon)
         self._global_step = 0
         super().on_train_begin(logs)
 
@@ -237,29 +243,43 @@ class TensorBoard(keras.callbacks.TensorBoard):
         super().on_train_end(logs)
         self.close()
 
-    # Validation writes only its epoch_* scalars (on_epoch_end): no
-    # evaluation_*_vs_iterations, no writer pushed per validation batch.
     def on_test_begin(self, logs=None):
-        pass
+        if not self._hooked and self._model_summary_due:
+            # model.evaluate outside fit: the model is built by now.
+            self._model_summary_due = False
+            super()._write_keras_model_summary()
+        super().on_test_begin(logs)
 
     def on_test_end(self, logs=None):
-        pass
+        # Keras's: evaluation_<metric>_vs_iterations into validation/.
+        super().on_test_end(logs or {})
+        if not self._hooked:
+            # model.evaluate outside fit: nothing else will flush it.
+            self._val_writer.flush()
 
-    def on_test_batch_begin(self, batch, logs=None):
-        pass
+    def _abandon(self) -> None:
+        # The fit this callback was in stopped by an exception.
+        if self.update_freq != EPOCH:
+            while self._prev_summary_state:
+                self._pop_writer()  # Keras's default writer, pushed per batch
+        if self._is_tracing:
+            self._stop_trace()
+        self.close()
 
     def close(self) -> None:
         """Restores the optimizer and flushes and closes the event files.
 
-        ``model.fit`` calls this at the end of training; call it yourself when
-        training stops by an exception (KeyboardInterrupt, say) so that every
-        finished epoch is on disk. Safe to call more than once.
+        ``model.fit`` calls this at the end of training. When training stops
+        by an exception, the next ``fit`` of the model calls it first (every
+        finished epoch is on disk already); call it yourself to close the
+        files sooner. Safe to call more than once.
         """
         if self._gradients is not None:
             self._gradients.close()
             self.first_nonfinite = self._gradients.first_nonfinite
         if self._hooked:
             self._hooked = False
+            _compat.forget_next_train_function(self.model)
             # Later fits without this callback must not keep updating our
             # statistics: the next fit traces its train step anew.
             self.model.make_train_function(force=True)
@@ -294,15 +314,27 @@ class TensorBoard(keras.callbacks.TensorBoard):
             self._write_keras_model_train_graph()
 
     def _log_weights(self, epoch):
-        # Keras's weight histograms are tbgrad's weights/<layer> tags; only
-        # its weight images (write_images) are written here, as Keras does.
-        if not self.write_images:
-            return
-        with self._train_writer.as_default():
-            for layer in self.model.layers:
-                for weight in layer.weights:
+        # Keras's per-weight histograms, bucketed on the host from one read
+        # of each weight (Keras's runs one eager summary op per weight), and
+        # its weight images.
+        weights = [w for layer in self.model.layers for w in layer.weights]
+        values = {
+            f"{w.path.replace(':', '_')}/histogram": histogram_buckets(
+                keras.ops.convert_to_numpy(w)
+            )
+            for w in weights
+        }
+        self._gradients.summary.write_epoch(epoch, values=values)
+        if self.write_images:
+            with self._train_writer.as_default():
+                for weight in weights:
                     name = weight.path.replace(":", "_")
                     self._log_weight_as_image(weight, f"{name}/image", epoch)
+
+    def _configure_embeddings(self):
+        # Keras writes projector_config.pbtxt into log_dir without creating it.
+        _paths.gfile().makedirs(self.log_dir)
+        super()._configure_embeddings()
 
 
 __all__ = ["TensorBoard"]

@@ -71,3 +71,29 @@ def expected_histogram(values: np.ndarray, buckets: int = 30) -> np.ndarray:
     lo, hi = values.min(), values.max()
     counts, edges = np.histogram(values, bins=buckets, range=(lo, hi))
     return np.stack([edges[:-1], edges[1:], counts], axis=1)
+
+
+def _plugin_get(logdir, route, query=""):
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from werkzeug.test import Client
+    from werkzeug.wrappers import Response
+
+    from tbgrad.dashboard.plugin import GradientFlowPlugin
+
+    multiplexer = plugin_event_multiplexer.EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(str(logdir))
+    multiplexer.Reload()
+    provider = data_provider.MultiplexerDataProvider(multiplexer, str(logdir))
+    plugin = GradientFlowPlugin(base_plugin.TBContext(logdir=str(logdir), data_provider=provider))
+    response = Client(plugin.get_plugin_apps()[route], Response).get(f"{route}?{query}")
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return response.get_json()
+
+
+@pytest.fixture
+def plugin_get():
+    """``plugin_get(logdir, route, query)``: the Gradient-flow plugin's JSON
+    answer on its own WSGI route, over TensorBoard's data provider (no
+    server, no browser)."""
+    return _plugin_get

@@ -3,7 +3,8 @@
 Both bucket a tensor's finite entries as ``tf.summary.histogram`` does:
 equal buckets from the minimum to the maximum, the maximum in the last
 bucket (an entry's bucket is ``floor(bucket_count * (x - lo) / (hi - lo))``,
-clipped to the last one). In float64 the two give identical counts.
+clipped to the last one), and one value alone in the last bucket. In float64
+the two give identical counts.
 """
 
 from __future__ import annotations
@@ -50,5 +51,13 @@ def step_buckets(x, bucket_count: int, dtype="float64"):
 def to_buckets(row, bucket_count: int) -> np.ndarray:
     """The ``[bucket_count, 3]`` histogram of a :func:`step_buckets` row."""
     row = np.asarray(row, np.float64)
+    counts = row[2:]
+    if row[0] == row[1]:
+        # One value (a bias still at zero): TensorBoard's edges are all that
+        # value and the count is in the last bucket.
+        counts = np.zeros_like(counts)
+        counts[-1] = row[2:].sum()
+        return np.stack([np.full_like(counts, row[0]), np.full_like(counts, row[1]), counts], 1)
     edges = np.linspace(row[0], row[1], bucket_count + 1)
-    return np.stack([edges[:-1], edges[1:], row[2:]], axis=1)
+    edges[-1] = row[1]
+    return np.stack([edges[:-1], edges[1:], counts], axis=1)

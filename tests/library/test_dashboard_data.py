@@ -7,25 +7,8 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
-from tensorboard.plugins import base_plugin
-from werkzeug.test import Client
-from werkzeug.wrappers import Response
 
 import tbgrad
-from tbgrad.dashboard.plugin import GradientFlowPlugin
-
-
-def _get(logdir, route, query=""):
-    # The plugin's own WSGI route, over TensorBoard's data provider.
-    multiplexer = plugin_event_multiplexer.EventMultiplexer()
-    multiplexer.AddRunsFromDirectory(str(logdir))
-    multiplexer.Reload()
-    provider = data_provider.MultiplexerDataProvider(multiplexer, str(logdir))
-    plugin = GradientFlowPlugin(base_plugin.TBContext(logdir=str(logdir), data_provider=provider))
-    response = Client(plugin.get_plugin_apps()[route], Response).get(f"{route}?{query}")
-    assert response.status_code == 200, response.get_data(as_text=True)
-    return response.get_json()
 
 
 def _fit(path, lr, variables="kernels", epochs=2):
@@ -53,16 +36,16 @@ def logdir(tmp_path_factory):
     return root
 
 
-def test_relative_view_divides_by_the_output_kernel_not_its_bias(logdir):
-    got = _get(logdir, "/heatmaps", "run=all/train&stat=grad_mean_abs&relative=1")
+def test_relative_view_divides_by_the_output_kernel_not_its_bias(logdir, plugin_get):
+    got = plugin_get(logdir, "/heatmaps", "run=all/train&stat=grad_mean_abs&relative=1")
     (heatmap,) = got["runs"]
     rows = dict(zip(heatmap["layers"], heatmap["values"]))
     assert rows["out"] == [1.0, 1.0]
     assert rows["out/bias"] != [1.0, 1.0]
 
 
-def test_the_explanation_of_a_non_finite_run_notes_its_first_nan(logdir):
-    (run,) = [r for r in _get(logdir, "/runs") if r["name"] == "nan"]
+def test_the_explanation_of_a_non_finite_run_notes_its_first_nan(logdir, plugin_get):
+    (run,) = [r for r in plugin_get(logdir, "/runs") if r["name"] == "nan"]
     assert run["verdict"]["label"] == tbgrad.verdict_of(logdir / "nan").label == "non-finite"
     notes = run["verdict"]["explanation"]["notes"]
     want = tbgrad.verdict_of(logdir / "nan").explanation.notes

@@ -70,13 +70,15 @@ def test_acceptance_writes_what_keras_writes_and_the_gradient_tags(tmp_path):
     _fit(tbgrad.TensorBoard(tmp_path / "ours", **KERAS_ARGS))
     _fit(keras.callbacks.TensorBoard(tmp_path / "keras", **KERAS_ARGS))
     ours, theirs = load_run(tmp_path / "ours"), load_run(tmp_path / "keras")
-    # Keras's weight histograms are replaced by weights/<layer>; its
-    # evaluation_*_vs_iterations repeat validation/epoch_* (not written).
-    keras_train = {t: p for t, p in theirs.train.plugins.items() if not t.endswith("/histogram")}
+    keras_train = dict(theirs.train.plugins)
     assert keras_train == {
         "keras": "graph_keras_model",
         **{f"epoch_{m}": "scalars" for m in ("loss", "accuracy", "learning_rate")},
         "epoch_steps_per_second": "scalars",
+        **{
+            f"model/{w}/histogram": "histograms"
+            for w in ("h/kernel", "h/bias", "out/kernel", "out/bias")
+        },
     }
     assert ours.train.plugins == {
         **keras_train,
@@ -84,7 +86,14 @@ def test_acceptance_writes_what_keras_writes_and_the_gradient_tags(tmp_path):
         layout.LAYOUT_TAG: "custom_scalars",
         dashboard_metadata.LAYERS_TAG: dashboard_metadata.PLUGIN_NAME,
     }
-    assert ours.validation.plugins == {"epoch_loss": "scalars", "epoch_accuracy": "scalars"}
+    assert (
+        ours.validation.plugins
+        == theirs.validation.plugins
+        == {
+            **{f"epoch_{m}": "scalars" for m in ("loss", "accuracy")},
+            **{f"evaluation_{m}_vs_iterations": "scalars" for m in ("loss", "accuracy")},
+        }
+    )
     for tag in ("epoch_steps_per_second", *tags.layer_tags(LAYERS, activations=ACTIVATIONS)):
         assert ours.train.steps(tag) == list(range(EPOCHS)), tag
     assert (ours.train.scalar("epoch_steps_per_second") > 0).all()
@@ -92,14 +101,16 @@ def test_acceptance_writes_what_keras_writes_and_the_gradient_tags(tmp_path):
     assert len(ours.train.event_files) == len(ours.validation.event_files) == 1
 
 
-def test_keras_weight_histograms_never_run(tmp_path, monkeypatch):
+def test_keras_weight_histograms_written_without_keras_s_per_weight_ops(tmp_path, monkeypatch):
+    # Their values equal Keras's own (tests/library/test_keras_scenarios.py).
     def fail(self, epoch):
         raise AssertionError("Keras's _log_weights ran")
 
     monkeypatch.setattr(keras.callbacks.TensorBoard, "_log_weights", fail)
     _fit(tbgrad.TensorBoard(tmp_path, histogram_freq=1))
     run = load_run(tmp_path)
-    assert not [t for t in run.train.plugins if t.endswith("/histogram")]
+    for weight in ("h/kernel", "h/bias", "out/kernel", "out/bias"):
+        assert run.train.steps(f"model/{weight}/histogram") == [0, 1]
     assert run.train.steps("weights/h") == [0, 1]
 
 
