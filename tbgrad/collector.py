@@ -106,6 +106,12 @@ class Collector:
         output = kernels_at[-1] if kernels_at else None
         return [name for i, name in enumerate(self.setup.names) if i != output]
 
+    @property
+    def variables(self) -> list[keras.Variable]:
+        """Every variable the statistics keep (the state they persist)."""
+        own = [self._seen, self._skipped, self._capture]
+        return own + [stat.state(n) for stat in self.statistics for n in stat.state_names]
+
     # -- attaching ----------------------------------------------------------
 
     def attach(self) -> None:
@@ -234,7 +240,7 @@ class Collector:
         :meth:`snapshot_tensors`; None reads the variables)."""
         if snapshot is None:
             snapshot = _to_numpy(self.snapshot_tensors())
-        kernels = [np.asarray(k, np.float64) for k in snapshot["kernels"]]
+        kernels = [np.asarray(k) for k in snapshot["kernels"]]
         skipped = int(snapshot["skipped"]) if self.setup.count_skips else None
         context = EpochContext(self.setup, bool(histograms), kernels, skipped=skipped)
         found = []

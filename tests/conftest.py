@@ -97,3 +97,23 @@ def plugin_get():
     answer on its own WSGI route, over TensorBoard's data provider (no
     server, no browser)."""
     return _plugin_get
+
+
+def update_ratios_by_hand(model, optimizer, kernels, x, y, batch, epochs, loss) -> np.ndarray:
+    """``[epochs, steps, kernels]``: ||w_after - w_before|| / ||w_before|| of
+    every step of a plain eager loop, the kernels read around
+    ``optimizer.apply``; ``loss(y_batch, prediction)``."""
+    out = []
+    for _ in range(epochs):
+        steps = []
+        for start in range(0, len(x), batch):
+            xb, yb = x[start : start + batch], y[start : start + batch]
+            with tf.GradientTape() as tape:
+                value = loss(yb.reshape(-1, 1), model(xb, training=True))
+            grads = tape.gradient(value, model.trainable_variables)
+            before = [k.numpy().astype(np.float64) for k in kernels]
+            optimizer.apply(grads, model.trainable_variables)
+            after = [k.numpy().astype(np.float64) for k in kernels]
+            steps.append([np.linalg.norm(a - b) / np.linalg.norm(b) for a, b in zip(after, before)])
+        out.append(steps)
+    return np.array(out)

@@ -150,7 +150,7 @@ class EpochContext:
         setup: The :class:`Setup`.
         histograms: Whether this epoch writes histograms.
         kernels: The tracked variables' values at the epoch's end (numpy,
-            float64), in layer order.
+            in their own dtype), in layer order.
         results: The tags the statistics before this one returned.
         skipped: Steps the optimizer skipped, or None.
     """

@@ -71,7 +71,12 @@ def _finite_moments(grads, sizes):
     columns = keras.ops.stack(
         [keras.ops.abs(flat), flat, flat * flat, keras.ops.cast(finite, "float64")], axis=1
     )
-    segments = np.repeat(np.arange(len(grads)), sizes.astype(np.int64))
+    # The segment ids are made when the branch runs: as a constant they
+    # would be one int64 per parameter in the graph, copied at every
+    # optimisation pass (gigabytes of peak memory on a 20M-parameter model).
+    segments = keras.ops.repeat(
+        keras.ops.arange(len(grads), dtype="int32"), sizes.astype(np.int32), axis=0
+    )
     sums = keras.ops.segment_sum(columns, segments, len(grads))
     return _moments(sums[:, :3], sums[:, 3], sizes)
 

@@ -43,9 +43,11 @@ class WeightStats(Statistic):
         if epoch.histograms:
             k = self.setup.bucket_count
             out.update(epoch.per_layer(tags.WEIGHTS, [histogram_buckets(w, k) for w in kernels]))
-        out.update(epoch.per_layer(tags.WEIGHT_MEAN, [w.mean() for w in kernels]))
-        out.update(epoch.per_layer(tags.WEIGHT_STD, [w.std() for w in kernels]))
-        out.update(epoch.per_layer(tags.WEIGHT_L1, [np.abs(w).sum() for w in kernels]))
+        # Summed in float64 one kernel at a time (no float64 copy of the model).
+        f8 = np.float64
+        out.update(epoch.per_layer(tags.WEIGHT_MEAN, [w.mean(dtype=f8) for w in kernels]))
+        out.update(epoch.per_layer(tags.WEIGHT_STD, [w.std(dtype=f8) for w in kernels]))
+        out.update(epoch.per_layer(tags.WEIGHT_L1, [np.abs(w).sum(dtype=f8) for w in kernels]))
         return out
 
     def first_nonfinite(self, values, epoch):

@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import tiny_mlp
+from conftest import tiny_mlp, update_ratios_by_hand
 
 import tbgrad
 from tbgrad import tags
@@ -34,21 +34,12 @@ def _reference_ratios(model, optimizer, x, y, every: int = 1) -> np.ndarray:
     """[epochs, layers]: the mean over each epoch's steps 0, every, ... of
     ||w_after - w_before|| / ||w_before||, read around ``optimizer.apply``."""
     kernels = [model.get_layer(name).kernel for name in LAYERS]
-    out = []
-    for _ in range(EPOCHS):
-        steps = []
-        for start in range(0, len(x), BATCH):
-            xb, yb = x[start : start + BATCH], y[start : start + BATCH]
-            with tf.GradientTape() as tape:
-                pred = model(xb, training=True)
-                loss = tf.reduce_mean(keras.losses.binary_crossentropy(yb.reshape(-1, 1), pred))
-            grads = tape.gradient(loss, model.trainable_variables)
-            before = [k.numpy().astype(np.float64) for k in kernels]
-            optimizer.apply(grads, model.trainable_variables)
-            after = [k.numpy().astype(np.float64) for k in kernels]
-            steps.append([np.linalg.norm(a - b) / np.linalg.norm(b) for a, b in zip(after, before)])
-        out.append(np.mean(steps[::every], axis=0))
-    return np.array(out)
+
+    def loss(yb, pred):
+        return tf.reduce_mean(keras.losses.binary_crossentropy(yb, pred))
+
+    ratios = update_ratios_by_hand(model, optimizer, kernels, x, y, BATCH, EPOCHS, loss)
+    return np.array([np.mean(steps[::every], axis=0) for steps in ratios])
 
 
 def _train(path, loop: str, optimizer: str, x, y, every: int = 1):
