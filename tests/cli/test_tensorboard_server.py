@@ -130,9 +130,15 @@ def test_every_histogram_and_scalar_tag_of_both_runs_is_served(server, logdir):
         want_scalars = {t for t, p in expected.items() if p == "scalars"} | {
             tags.epoch_tag(m) for m in ("loss", "accuracy", "learning_rate")
         }
-        assert set(histograms[f"{name}/train"]) == want_histograms
+        keras_histograms = {
+            f"mlp/{layer}/{w}/histogram" for layer in LAYERS for w in ("kernel", "bias")
+        }
+        assert set(histograms[f"{name}/train"]) == want_histograms | keras_histograms
         assert set(scalars[f"{name}/train"]) == want_scalars
-        assert set(scalars[f"{name}/validation"]) == {"epoch_loss", "epoch_accuracy"}
+        assert set(scalars[f"{name}/validation"]) == {
+            *(f"epoch_{m}" for m in ("loss", "accuracy")),
+            *(f"evaluation_{m}_vs_iterations" for m in ("loss", "accuracy")),
+        }
         assert set(scalars[name]) == VERDICT_TAGS  # the run folder itself
     # Values served equal the values in the event files.
     name = next(iter(RUNS))

@@ -24,7 +24,8 @@ def _model():
             keras.layers.Dense(6, "tanh", name="t"),
             keras.layers.Dense(5, "relu", name="r"),
             keras.layers.Dense(1, "sigmoid", name="out"),
-        ]
+        ],
+        name="model",  # in the path of Keras's per-weight histogram tags
     )
 
 

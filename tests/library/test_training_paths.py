@@ -78,6 +78,16 @@ def runs(tmp_path_factory, circles):
     return out, expected, histories
 
 
+def _ours(plugins: dict) -> dict:
+    # Without what only Keras's callback writes (tests/library/test_keras_scenarios.py):
+    # the model's config, the per-weight histograms, evaluation_*_vs_iterations.
+    return {
+        tag: plugin
+        for tag, plugin in plugins.items()
+        if tag != "keras" and not tag.endswith(("/histogram", "_vs_iterations"))
+    }
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("loop", LOOPS)
 def test_every_tag_in_the_right_folder_and_plugin(runs, loop):
@@ -86,12 +96,12 @@ def test_every_tag_in_the_right_folder_and_plugin(runs, loop):
         **{tags.epoch_tag(m): "scalars" for m in ("loss", "accuracy", "learning_rate")},
         **tags.layer_tags(LAYERS, activations=ACTIVATIONS),
     }
-    assert run.train.plugins == {
+    assert _ours(run.train.plugins) == {
         **expected,
         layout.LAYOUT_TAG: "custom_scalars",
         dashboard_metadata.LAYERS_TAG: dashboard_metadata.PLUGIN_NAME,
     }
-    assert run.validation.plugins == {"epoch_loss": "scalars", "epoch_accuracy": "scalars"}
+    assert _ours(run.validation.plugins) == {"epoch_loss": "scalars", "epoch_accuracy": "scalars"}
     for tag in expected:
         assert run.train.steps(tag) == list(range(EPOCHS)), tag
     # One event file per folder, and nothing else in the run folder.
@@ -106,8 +116,8 @@ def test_both_paths_write_identical_tags_and_values(runs, loop):
     fit, tape = runs[0]["fit"][0], runs[0][loop][0]
     for split in ("train", "validation"):
         a, b = fit.splits[split], tape.splits[split]
-        assert a.plugins == b.plugins
-        for tag in a.scalars:
+        assert _ours(a.plugins) == _ours(b.plugins)
+        for tag in _ours(a.scalars):
             np.testing.assert_allclose(
                 a.scalar(tag), b.scalar(tag), rtol=1e-5, atol=1e-7, err_msg=tag
             )
