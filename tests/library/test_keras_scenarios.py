@@ -234,8 +234,7 @@ def _keras(logdir, **kwargs):
 
 
 def _ours(logdir, **kwargs):
-    # Keras's defaults, so that both write the same parts.
-    kwargs.setdefault("histogram_freq", 0)
+    # tbgrad's own defaults (histogram_freq=1): it writes more than Keras.
     return tbgrad.TensorBoard(logdir, **kwargs)
 
 
