@@ -108,7 +108,7 @@ KERAS_ROWS = (
         f"`{TRAIN_DIR}/<weight path>/histogram`",
         "Histograms",
         "every `histogram_freq` epochs",
-        "Keras's: every weight of every layer",
+        "Keras's (the callback only): every weight of every layer",
     ),
 )
 STEP_ROWS = (

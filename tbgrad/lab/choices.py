@@ -60,10 +60,11 @@ def check_activation(name: str) -> str:
     return name
 
 
-def check_initializer(name: str) -> str:
-    """Returns ``name`` if it is an alias or a Keras initializer, else raises ValueError."""
+def check_initializer(name: str, field: str = "init") -> str:
+    """Returns ``name`` if it is an alias or a Keras initializer, else raises
+    ValueError naming ``field`` (the argument that gave it)."""
     if name not in NAMED_INITIALIZERS and name not in KERAS_INITIALIZERS:
-        _unknown("initializer", "init", name, NAMED_INITIALIZERS, "Keras initializer")
+        _unknown("initializer", field, name, NAMED_INITIALIZERS, "Keras initializer")
     return name
 
 

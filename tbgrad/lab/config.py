@@ -154,7 +154,7 @@ class RunConfig:
         check_activation(self.act)
         check_initializer(self.init)
         if self.output_init is not None:
-            check_initializer(self.output_init)
+            check_initializer(self.output_init, "output_init")
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_choice("dataset", self.dataset, DATASETS)
         check_choice("loop", self.loop, LOOPS)

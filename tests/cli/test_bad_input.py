@@ -58,6 +58,7 @@ NAN, INF = math.nan, math.inf
         ("deterministic", "yes", TypeError),
         ("act", "relux", ValueError),
         ("init", "bogus", ValueError),
+        ("output_init", "bogus", ValueError),
         ("optimizer", "sgdd", ValueError),
         ("dataset", "mnist", ValueError),
         ("loop", "keras", ValueError),
