@@ -168,14 +168,22 @@ NEXT_TRAIN_FUNCTION = "make_train_function"
 
 
 def before_next_train_function(model, undo: Callable[[], None]) -> None:
-    """Runs ``undo()`` when ``model`` next makes its train function (the next
-    ``fit``), unless :func:`forget_next_train_function` is called first."""
+    """Runs ``undo()`` when ``model`` next makes its train function for a new
+    ``fit`` (a call without ``force``; a retrace with ``force=True`` inside a
+    running fit is let through), unless :func:`forget_next_train_function`
+    is called first. A second call adds its ``undo`` to the first's."""
+    current = model.__dict__.get(NEXT_TRAIN_FUNCTION)
+    undos = [*getattr(current, "undos", ()), undo]
 
     def make_train_function(force=False):
+        if force:
+            return type(model).make_train_function(model, force=True)
         forget_next_train_function(model)
-        undo()
+        for step in undos:
+            step()
         return model.make_train_function(force=True)
 
+    make_train_function.undos = undos
     object.__setattr__(model, NEXT_TRAIN_FUNCTION, make_train_function)
 
 

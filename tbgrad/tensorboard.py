@@ -148,7 +148,8 @@ class TensorBoard(keras.callbacks.TensorBoard):
         self.statistics = tuple(statistics)
         self.first_nonfinite: dict | None = None
         self._gradients: GradientLogger | None = None
-        self._hooked = False
+        # The model whose fit this callback is in (None between fits).
+        self._hooked_model = None
         self._model_summary_due = False
         self._global_step = 0
         self._epoch_first_step = 0
@@ -169,6 +170,8 @@ class TensorBoard(keras.callbacks.TensorBoard):
     # -- Keras hooks ----------------------------------------------------------
 
     def on_train_begin(self, logs=None):
+        if self._hooked_model is not None:
+            self.close()  # a fit an exception ended, maybe of another model
         if self.model.optimizer is None:
             raise ValueError(
                 f"tbgrad.{type(self).__name__} needs a compiled model with an optimizer. "
@@ -187,12 +190,12 @@ class TensorBoard(keras.callbacks.TensorBoard):
             diagnostics_every=self.diagnostics_every,
             statistics=self.statistics,
         ).attach()
-        self._hooked = True
+        self._hooked_model = self.model
         # A train function traced before this fit would not call the hook.
         self.model.make_train_function(force=True)
         # An exception out of fit skips on_train_end: the next fit undoes
         # this one first (the next train function is made without tbgrad).
-        _compat.before_next_train_function(self.model, self._abandon)
+        _compat.before_next_train_function(self.model, self.close)
         self._global_step = 0
         super().on_train_begin(logs)
 
@@ -244,45 +247,44 @@ class TensorBoard(keras.callbacks.TensorBoard):
         self.close()
 
     def on_test_begin(self, logs=None):
-        if not self._hooked and self._model_summary_due:
+        if self._hooked_model is None:
             # model.evaluate outside fit: the model is built by now.
-            self._model_summary_due = False
-            super()._write_keras_model_summary()
+            self._write_model_summary()
         super().on_test_begin(logs)
 
     def on_test_end(self, logs=None):
         # Keras's: evaluation_<metric>_vs_iterations into validation/.
         super().on_test_end(logs or {})
-        if not self._hooked:
+        if self._hooked_model is None:
             # model.evaluate outside fit: nothing else will flush it.
             self._val_writer.flush()
 
-    def _abandon(self) -> None:
-        # The fit this callback was in stopped by an exception.
-        if self.update_freq != EPOCH:
-            while self._prev_summary_state:
-                self._pop_writer()  # Keras's default writer, pushed per batch
-        if self._is_tracing:
-            self._stop_trace()
-        self.close()
-
     def close(self) -> None:
-        """Restores the optimizer and flushes and closes the event files.
+        """Restores the optimizer and the model, and flushes and closes the
+        event files.
 
         ``model.fit`` calls this at the end of training. When training stops
-        by an exception, the next ``fit`` of the model calls it first (every
-        finished epoch is on disk already); call it yourself to close the
-        files sooner. Safe to call more than once.
+        by an exception, the model's next ``fit`` (or this callback's next
+        ``fit``) calls it first, and every finished epoch is on disk already;
+        call it yourself to close the files sooner. Safe to call more than
+        once.
         """
+        model, self._hooked_model = self._hooked_model, None
+        if model is not None:
+            # What Keras's on_train_end undoes, if an exception skipped it.
+            if self.update_freq != EPOCH:
+                while self._prev_summary_state:
+                    self._pop_writer()  # the default writer, pushed per batch
+            if self._is_tracing:
+                self._stop_trace()
         if self._gradients is not None:
             self._gradients.close()
             self.first_nonfinite = self._gradients.first_nonfinite
-        if self._hooked:
-            self._hooked = False
-            _compat.forget_next_train_function(self.model)
+        if model is not None:
+            _compat.forget_next_train_function(model)
             # Later fits without this callback must not keep updating our
             # statistics: the next fit traces its train step anew.
-            self.model.make_train_function(force=True)
+            model.make_train_function(force=True)
 
     # -- Keras's private parts (tbgrad._compat.KERAS_TENSORBOARD_*) ------------
 
@@ -305,10 +307,16 @@ class TensorBoard(keras.callbacks.TensorBoard):
         # end of the first epoch instead (at step 0, as Keras's).
         self._model_summary_due = True
 
-    def _write_model_graph(self):
+    def _write_model_summary(self):
         if self._model_summary_due:
             self._model_summary_due = False
-            super()._write_keras_model_summary()
+            # Keras writes it in set_model, where no record_if of an integer
+            # update_freq can leave it out.
+            with self.summary.record_if(True):
+                super()._write_keras_model_summary()
+
+    def _write_model_graph(self):
+        self._write_model_summary()
         if self._should_write_train_graph:
             self._should_write_train_graph = False
             self._write_keras_model_train_graph()

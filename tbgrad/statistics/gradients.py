@@ -35,7 +35,8 @@ def _layer_moments(step):
     grads = step.gradients
     # The variables' sizes: a gradient's static shape can be unknown in a
     # traced loop.
-    sizes = np.array([float(np.prod(k.shape)) for k in step.kernels], np.float32)
+    counts = [int(np.prod(k.shape)) for k in step.kernels]  # exact, also past 2**24
+    sizes = np.array(counts, np.float32)
     sums = []
     for g in grads:
         g = keras.ops.cast(g, "float32")
@@ -43,7 +44,7 @@ def _layer_moments(step):
     sums = keras.ops.reshape(keras.ops.stack(sums), [-1, 3])
     fast = _moments(sums, sizes, sizes)
     finite = keras.ops.all(keras.ops.isfinite(fast))
-    return step.cond(finite, lambda: fast, lambda: _finite_moments(grads, sizes))
+    return step.cond(finite, lambda: fast, lambda: _finite_moments(grads, counts))
 
 
 def _moments(sums, counts, sizes):
@@ -60,7 +61,7 @@ def _moments(sums, counts, sizes):
     return keras.ops.cast(keras.ops.stack([mean_abs, std, nonfinite, norm], axis=1), "float32")
 
 
-def _finite_moments(grads, sizes):
+def _finite_moments(grads, counts):
     # Every gradient in one flat float64 vector, its sums taken by segment:
     # the fewest ops, which is what tracing this rare branch costs.
     flat = keras.ops.concatenate(
@@ -75,10 +76,10 @@ def _finite_moments(grads, sizes):
     # would be one int64 per parameter in the graph, copied at every
     # optimisation pass (gigabytes of peak memory on a 20M-parameter model).
     segments = keras.ops.repeat(
-        keras.ops.arange(len(grads), dtype="int32"), sizes.astype(np.int32), axis=0
+        keras.ops.arange(len(grads), dtype="int32"), np.array(counts, np.int64), axis=0
     )
     sums = keras.ops.segment_sum(columns, segments, len(grads))
-    return _moments(sums[:, :3], sums[:, 3], sizes)
+    return _moments(sums[:, :3], sums[:, 3], np.array(counts, np.float64))
 
 
 def found_record(values, names, what: str) -> dict | None:

@@ -50,13 +50,17 @@ def _files(folder) -> dict:
     return {p: p.read_bytes() for p in sorted(folder.rglob("events.out.*"))}
 
 
-def test_exception_in_user_code_leaves_nothing_of_tbgrad_behind(tmp_path):
-    model = _model()
-    x, y = _data()
+def _aborted_fit(tmp_path):
+    # 4 steps an epoch: raised in epoch 1, with Keras's per-batch writer pushed.
+    model, (x, y) = _model(), _data()
     callback = tbgrad.TensorBoard(tmp_path, update_freq=2)
     with pytest.raises(RuntimeError, match="boom"):
-        # 4 steps an epoch: raised in epoch 1
         model.fit(x, y, batch_size=16, epochs=3, verbose=0, callbacks=[callback, Boom(6)])
+    return model, callback, x, y
+
+
+def test_exception_in_user_code_leaves_nothing_of_tbgrad_behind(tmp_path):
+    model, callback, x, y = _aborted_fit(tmp_path)
     assert load_run(tmp_path).train.steps("grad_mean_abs/h1") == [0]  # the finished epoch
     seen = int(callback.collector.snapshot_tensors()["seen"])
 
@@ -128,3 +132,41 @@ def test_an_event_file_cut_mid_record_is_read_up_to_its_last_whole_record(tmp_pa
     got = plugin_get(tmp_path, "/heatmaps", "run=run/train&stat=grad_mean_abs")
     (heatmap,) = got["runs"]
     assert [len(row) for row in heatmap["values"]] == [2, 2]
+
+
+class Retrace(keras.callbacks.Callback):
+    """User code that retraces the train step inside fit (e.g. after unfreezing)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            self.model.make_train_function(force=True)
+
+
+def test_a_retrace_inside_fit_and_two_callbacks_keep_logging(tmp_path):
+    x, y = _data()
+    first, second = tbgrad.TensorBoard(tmp_path / "a"), tbgrad.TensorBoard(tmp_path / "b")
+    model = _model()
+    model.fit(x, y, batch_size=16, epochs=3, verbose=0, callbacks=[first, second, Retrace()])
+    for run in ("a", "b"):
+        assert load_run(tmp_path / run).train.steps("grad_mean_abs/h1") == [0, 1, 2], run
+    assert not _compat.is_update_step_wrapped(model.optimizer)
+
+
+def test_close_after_an_exception_undoes_keras_s_writer_too(tmp_path):
+    model, callback, _, _ = _aborted_fit(tmp_path)
+    callback.close()
+    assert not tf.summary.should_record_summaries()
+    assert not _compat.is_update_step_wrapped(model.optimizer)
+
+
+def test_a_callback_reused_after_an_exception_releases_the_first_model(tmp_path):
+    x, y = _data()
+    callback = tbgrad.TensorBoard(tmp_path / "first")
+    first = _model("a")
+    with pytest.raises(RuntimeError, match="boom"):
+        first.fit(x, y, batch_size=16, epochs=3, verbose=0, callbacks=[callback, Boom(6)])
+    callback.log_dir = str(tmp_path / "second")
+    _model("b").fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[callback])
+    assert not _compat.is_update_step_wrapped(first.optimizer)
+    wrapped = [m.name for m in first.layers if hasattr(m.activation, _compat.WRAPPED_ACTIVATION)]
+    assert not wrapped

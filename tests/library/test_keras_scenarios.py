@@ -96,6 +96,11 @@ def _batch_metrics(make, logdir):
     _fit(_compiled(), make(logdir, update_freq=1))
 
 
+def _update_freq_not_dividing_the_epoch(make, logdir):
+    # 5 steps an epoch, every 3rd recorded: the model's tag still written.
+    _fit(_compiled(), make(logdir, update_freq=3))
+
+
 def _learning_rate_schedules(make, logdir):
     optimizer = keras.optimizers.SGD(keras.optimizers.schedules.CosineDecay(0.01, 1), name="sgd")
     _fit(_compiled(optimizer), make(logdir), validation=False)
@@ -215,6 +220,7 @@ SCENARIOS = {
     "across_invocations": _across_invocations,
     "no_spurious_event_files": _no_spurious_event_files,
     "batch_metrics": _batch_metrics,
+    "update_freq_not_dividing_the_epoch": _update_freq_not_dividing_the_epoch,
     "learning_rate_schedules": _learning_rate_schedules,
     "global_step": _global_step,
     "weight_histograms": _weight_histograms,
