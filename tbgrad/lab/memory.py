@@ -87,10 +87,6 @@ def measure(variant: str) -> dict:
     state = collector.variables if collector is not None else []
     return {
         "variant": variant,
-        "params": int(model.count_params()),
-        "param_bytes": int(
-            sum(np.prod(w.shape) * np.dtype(w.dtype).itemsize for w in model.weights)
-        ),
         "state_variables": len(state),
         "state_bytes": int(sum(np.prod(v.shape) * np.dtype(v.dtype).itemsize for v in state)),
         "rss_before_fit_mb": before,
@@ -102,10 +98,8 @@ def bench_memory(repeats: int, progress: Callable[[str], None] = print) -> list[
     """Every variant ``repeats`` times, each in a fresh process; the medians."""
     runs: dict[str, list[dict]] = {v: [] for v in MEMORY_VARIANTS}
     for r in range(repeats):
-        order = (
-            MEMORY_VARIANTS[r % len(MEMORY_VARIANTS) :]
-            + MEMORY_VARIANTS[: r % len(MEMORY_VARIANTS)]
-        )
+        shift = r % len(MEMORY_VARIANTS)
+        order = MEMORY_VARIANTS[shift:] + MEMORY_VARIANTS[:shift]
         for variant in order:
             progress(f"memory repeat {r + 1}/{repeats}: {variant}")
             code = (
