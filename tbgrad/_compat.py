@@ -202,6 +202,34 @@ def sublayers(layer) -> Iterator:
     yield from getattr(layer, "_layers", None) or getattr(layer, "layers", None) or []
 
 
+# A functional model's graph: each symbolic tensor records the operation and
+# call (node) that produced it (``KerasTensor._keras_history``,
+# ``Operation._inbound_nodes``, keras/src/ops/node.py); a Sequential model
+# keeps the functional model it builds in ``_functional``. Keras walks the
+# same records to run a functional model; no public API exposes them.
+def symbolic_outputs(model) -> list:
+    """A functional model's (or an input-built Sequential's) symbolic
+    outputs; [] for a subclassed model."""
+    model = getattr(model, "_functional", None) or model
+    try:
+        outputs = model.outputs
+    except (AttributeError, ValueError):
+        return []
+    return [t for t in tf.nest.flatten(outputs or []) if hasattr(t, "_keras_history")]
+
+
+def producer(tensor):
+    """``(operation, its input tensors)`` that produced symbolic ``tensor``,
+    or None for an input."""
+    history = getattr(tensor, "_keras_history", None)
+    if history is None:
+        return None
+    nodes = getattr(history.operation, "_inbound_nodes", [])
+    if history.node_index >= len(nodes):
+        return None
+    return history.operation, list(nodes[history.node_index].input_tensors)
+
+
 def all_layers_built(model) -> bool:
     """Whether every layer of ``model``, nested ones included, is built.
 

@@ -53,14 +53,13 @@ def check_histogram_freq(value) -> int:
     return check_int("histogram_freq", value, 0)
 
 
-def check_update_freq(value):
-    """Returns ``update_freq`` if it is ``"epoch"`` or a positive int, else raises ValueError."""
+def check_update_freq(value, name: str = "update_freq"):
+    """Returns ``value`` if it is ``"epoch"`` or a positive int, else raises ValueError."""
     if value == EPOCH:
         return value
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(
-            "update_freq must be 'epoch' or a positive number of steps. "
-            f"Received: update_freq={value!r}"
+            f"{name} must be 'epoch' or a positive number of steps. Received: {name}={value!r}"
         )
     return value
 
@@ -80,15 +79,15 @@ def check_choice(name: str, value, choices: Iterable[str], more: str = "") -> st
     return value
 
 
-VARIABLE_CHOICES = ("kernels", "all")
+VARIABLE_CHOICES = ("matrices", "kernels", "all")
 
 
 def check_variables(value):
-    """Returns ``variables`` if it is ``"kernels"``, ``"all"`` or a callable."""
+    """Returns ``variables`` if it is one of :data:`VARIABLE_CHOICES` or a callable."""
     if callable(value) or (isinstance(value, str) and value in VARIABLE_CHOICES):
         return value
     raise ValueError(
-        "variables must be 'kernels', 'all' or a callable(variable) -> bool. "
+        "variables must be 'matrices', 'kernels', 'all' or a callable(variable) -> bool. "
         f"Received: variables={value!r}"
     )
 

@@ -95,16 +95,15 @@ class Collector:
 
     @property
     def kernel_names(self) -> list[str]:
-        """The names of the tracked layers' kernels, in model order."""
-        return [self.setup.names[i] for i in self.setup.kernels_at]
+        """The tracked weight matrices' names, in model order with the output
+        layer (:attr:`Setup.reference`) last: what the verdict compares."""
+        return [self.setup.names[i] for i in self.setup.compared_at]
 
     @property
     def compared_names(self) -> list[str]:
-        """Every tracked variable but the output layer (the last kernel),
-        whose mean |g| the others' ``grad_log10_ratio`` is relative to."""
-        kernels_at = self.setup.kernels_at
-        output = kernels_at[-1] if kernels_at else None
-        return [name for i, name in enumerate(self.setup.names) if i != output]
+        """Every tracked variable but the output layer, whose mean |g| the
+        others' ``grad_log10_ratio`` is relative to."""
+        return [n for i, n in enumerate(self.setup.names) if i != self.setup.reference]
 
     @property
     def variables(self) -> list[keras.Variable]:
@@ -149,7 +148,7 @@ class Collector:
             self._steps.end()  # no tracked gradient: not a step of ours
             return
         self._seen.assign_add(keras.ops.ones([], "int64"))
-        step.gradients = step.replica_sum([keras.ops.convert_to_tensor(g) for g in gradients])
+        step.gradients, step.absent = self.policy.applied(gradients)
         self._run(step, [s for s in self.statistics if not _at_end(s)])
 
     def end_update(self) -> None:
@@ -301,7 +300,7 @@ def _select(layers, grads, variables):
         if i is None:
             i = paths.get(getattr(v, "path", None))
         if i is not None and g is not None:
-            out[i] = _compat.densify(g)
+            out[i] = g  # an embedding's IndexedSlices stay sparse (ExecutionPolicy.applied)
     if not layers or all(g is None for g in out):
         return None
     return [

@@ -35,7 +35,7 @@ from tbgrad.statistics import REGISTRY, Setup
 from tbgrad.statistics.activations import activation_layers
 from tbgrad.statistics.clipping import clip_limits
 from tbgrad.summary import SummaryLogger
-from tbgrad.variables import KERNELS, tracked_variables
+from tbgrad.variables import KERNELS, MATRICES, output_matrix, tracked_variables
 
 VAL_PREFIX = "val_"
 
@@ -60,7 +60,9 @@ class GradientLogger:
         update_freq: ``"epoch"``, or an integer N to also write
             ``batch_grad_mean_abs/<layer>`` every N observed steps (at the
             number of steps observed so far).
-        variables: ``"kernels"`` (every layer's kernel), ``"all"`` (every
+        variables: ``"matrices"`` (every weight matrix: kernels,
+            embeddings and language-model heads, recurrent kernels, LoRA
+            factors), ``"kernels"`` (every layer's kernel), ``"all"`` (every
             trainable variable) or a predicate ``callable(variable) -> bool``
             (see :func:`tbgrad.variables.tracked_variables` for the names).
         optimizer: The optimizer whose applied gradients are logged; default
@@ -78,6 +80,13 @@ class GradientLogger:
         statistics: The statistic classes (default
             :data:`tbgrad.statistics.REGISTRY`; add your own
             :class:`tbgrad.statistics.Statistic`).
+        reference: The tag name of the weight matrix the ratios
+            (``grad_log10_ratio``, ``grad_ratio``) and the verdict compare
+            every layer with. Default: the matrix that produces the model's
+            output, found from the model's graph (a language model's head,
+            tied or not; a classifier's last dense; under LoRA the trainable
+            matrix nearest the output); see
+            :func:`tbgrad.variables.output_matrix`.
 
     The first step and layer whose gradient or weights turn NaN or Inf are
     kept in :attr:`first_nonfinite` and written once as the text tag
@@ -105,7 +114,7 @@ class GradientLogger:
         log_dir: str | os.PathLike,
         histogram_freq: int = 1,
         update_freq: Literal["epoch"] | int = EPOCH,
-        variables: Literal["kernels", "all"] | Callable = KERNELS,
+        variables: Literal["matrices", "kernels", "all"] | Callable = MATRICES,
         *,
         optimizer: keras.optimizers.Optimizer | None = None,
         jit_compile: bool = False,
@@ -113,6 +122,7 @@ class GradientLogger:
         diagnostics: bool = True,
         diagnostics_every: int = _step.DEFAULT_DIAGNOSTICS_EVERY,
         statistics=REGISTRY,
+        reference: str | None = None,
     ):
         check_keras_backend(f"tbgrad.{type(self).__name__}")
         self.stats_every = check_int("stats_every", stats_every, 1)
@@ -130,6 +140,7 @@ class GradientLogger:
         self.jit_compile = bool(jit_compile)
         self.diagnostics = bool(diagnostics)
         self.statistics = tuple(statistics)
+        self.reference = reference
         # {"what", "layer", "epoch", "step_in_epoch", "step"} of the first
         # non-finite gradient or weight of the run, or None.
         self.first_nonfinite: dict | None = None
@@ -255,6 +266,7 @@ class GradientLogger:
         reset: bool = True,
         snapshot: Mapping | None = None,
         flush: bool = True,
+        statistics: bool = True,
     ) -> None:
         """Writes epoch ``epoch`` and starts the next one.
 
@@ -273,6 +285,9 @@ class GradientLogger:
             flush: Push the epoch to the event files now, so that a process
                 killed later keeps it (the callback flushes once it has
                 written Keras's part of the epoch too).
+            statistics: Write the statistics' tags and start the next
+                epoch's. False writes the metrics only (the statistics run
+                by interval: :meth:`end_interval`).
         """
         train = {k: v for k, v in (logs or {}).items() if not k.startswith(VAL_PREFIX)}
         val = {k[len(VAL_PREFIX) :]: v for k, v in (logs or {}).items() if k not in train}
@@ -281,16 +296,49 @@ class GradientLogger:
             lr = learning_rate(self.optimizer)
             if lr is not None:
                 train["learning_rate"] = lr
-        values = self.collector.epoch(snapshot, self.histograms_due(epoch))
-        if not self._checked:
-            self._check_observed(epoch, values)
-        self._open().write_epoch(epoch, train, val, values.values)
-        self._note_nonfinite(epoch, values)
+        if statistics:
+            values = self.collector.epoch(snapshot, self.histograms_due(epoch))
+            if not self._checked:
+                self._check_observed(epoch, values)
+            self._open().write_epoch(epoch, train, val, values.values)
+            self._note_nonfinite(epoch, values)
+        else:
+            self._open().write_epoch(epoch, train, val)
         if flush:
             self.summary.flush()
         self.epoch = epoch + 1
-        if reset:
+        if reset and statistics:
             self.begin_epoch(epoch + 1)
+
+    def end_interval(self, step: int, index: int) -> bool:
+        """Writes the statistics of the steps since the last interval at the
+        TensorBoard step ``step`` (the global step, so that the x axis is
+        steps) and starts the next interval; the statistics of one interval
+        are exact over its applied steps, as an epoch's are.
+
+        Args:
+            step: The global step the interval ends at.
+            index: The interval's number (0 first): histograms are written
+                every ``histogram_freq``-th.
+
+        Returns:
+            Whether anything was written (False when the interval saw no
+            applied step).
+
+        For long epochs: call it every N steps instead of (or beside)
+        :meth:`end_epoch`, which then writes the epoch's metrics only
+        (``end_epoch(..., statistics=False)``).
+        """
+        values = self.collector.epoch(None, self.histograms_due(index))
+        written = values.seen > 0 or bool(values.skipped)
+        if written:
+            if not self._checked:
+                self._check_observed(index, values)
+            self._open().write_epoch(step, values=values.values)
+            self._note_nonfinite(index, values)
+            self.summary.flush()
+        self.collector.reset(capture=self.histograms_due(index + 1 if written else index))
+        return written
 
     def histograms_due(self, epoch: int) -> bool:
         """Whether ``epoch`` writes histograms (every ``histogram_freq``)."""
@@ -316,6 +364,7 @@ class GradientLogger:
             self.stats_every,
             self.diagnostics_every,
             self.statistics,
+            self.reference,
         )
 
     def _write_step(self) -> None:
@@ -363,15 +412,16 @@ def make_collector(
     every,
     diagnostics_every,
     statistics,
+    reference=None,
 ) -> Collector:
     """The collector of ``model``'s tracked variables, in its strategy's scope."""
     layers = tracked_variables(model, variables)
+    output = output_matrix(model, layers, reference)
     if not layers:
-        what = (
-            "layer with a kernel"
-            if variables == KERNELS
-            else f"trainable variable that variables={variables!r} selects"
-        )
+        what = {
+            KERNELS: "layer with a trainable kernel",
+            MATRICES: "trainable weight matrix",
+        }.get(variables, f"trainable variable that variables={variables!r} selects")
         warnings.warn(
             f"tbgrad: model {model.name!r} has no {what}; only the epoch_* "
             "scalars will be written.",
@@ -384,6 +434,7 @@ def make_collector(
         clip_limits=clip_limits(optimizer) if optimizer is not None else None,
         diagnostics=diagnostics,
         count_skips=counts_skips,
+        reference=output,
     )
     policy = _step.ExecutionPolicy.for_mode(jit, strategy.num_replicas_in_sync)
     with strategy.scope():

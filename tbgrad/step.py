@@ -87,6 +87,30 @@ class ExecutionPolicy:
 
         _compat.functional_cond(pred, run, lambda: tf.constant(False))
 
+    def applied(self, gradients) -> tuple[list, list]:
+        """The gradients as the statistics take them, and for each the number
+        of zero entries of its variable it leaves out.
+
+        An embedding's gradient arrives as ``tf.IndexedSlices``: one row per
+        token of the batch, a token id repeated as often as it occurs. It is
+        taken as its rows summed by id (what the optimizer adds to each row)
+        without densifying it: the vocabulary's other rows are zeros, counted
+        but never made. Under several replicas (the rows differ by replica)
+        and under XLA (no unique ids) it is densified.
+        """
+        out, absent = [], []
+        for g in gradients:
+            if isinstance(g, tf.IndexedSlices) and self.replicas <= 1 and not self.xla:
+                ids, position = tf.unique(g.indices)
+                rows = tf.math.unsorted_segment_sum(g.values, position, tf.shape(ids)[0])
+                whole = tf.cast(tf.reduce_prod(g.dense_shape), tf.int64)
+                out.append(rows)
+                absent.append(whole - tf.size(rows, out_type=tf.int64))
+            else:
+                out.append(tf.convert_to_tensor(g))
+                absent.append(0)
+        return self.replica_sum(out), absent
+
     def replica_sum(self, values):
         """``values`` (a tensor or a list) summed over the replicas."""
         context = tf.distribute.get_replica_context()
@@ -132,7 +156,10 @@ class StepContext:
         due: ``{cadence: boolean tensor, or None for "every step"}``.
         kernels: The tracked variables, in layer order.
         gradients: The gradients applied to them (summed over replicas), or
-            None before the update step.
+            None before the update step. An embedding's sparse gradient is
+            its rows the batch touched (see :meth:`ExecutionPolicy.applied`).
+        absent: For each gradient, the zero entries of its variable it
+            leaves out (0 for a dense one; an int64 tensor for rows).
         unclipped: Every gradient before clipping (summed over replicas), or
             None when the optimizer does not clip.
         activations: The watched layers' outputs of this step's training
@@ -146,6 +173,7 @@ class StepContext:
         self.kernels = kernels
         self.activations = activations
         self.gradients = None
+        self.absent = None
         self.unclipped = None
         # What a statistic read before the weights moved, by statistic.
         self.carry: dict[int, object] = {}

@@ -122,7 +122,7 @@ STEP_ROWS = (
         f"`{TRAIN_DIR}/{BATCH_GRAD_MEAN_ABS}/<layer>`",
         "Scalars",
         "every N steps (`update_freq=N`)",
-        "mean \\|g\\| of that step's kernel gradient",
+        "mean \\|g\\| of that step's gradient",
     ),
     (
         f"`{VERDICT}`, `{VERDICT_WEAKEST_RATIO}`, `{VERDICT_STRONGEST_RATIO}`",

@@ -31,7 +31,7 @@ from tbgrad._validate import (
     check_variables,
 )
 from tbgrad.gradient_logger import GradientLogger
-from tbgrad.variables import KERNELS
+from tbgrad.variables import MATRICES
 
 
 def train_with_tape(
@@ -54,7 +54,7 @@ def train_with_tape(
     seed: int | None = None,
     verbose: int = 1,
     jit_compile: bool = False,
-    variables: Literal["kernels", "all"] | Callable = KERNELS,
+    variables: Literal["matrices", "kernels", "all"] | Callable = MATRICES,
     diagnostics: bool = True,
     diagnostics_every: int = _step.DEFAULT_DIAGNOSTICS_EVERY,
 ) -> dict[str, list[float]]:
@@ -90,7 +90,9 @@ def train_with_tape(
             (ignored under a multi-replica strategy or with op determinism).
             It compiles for a few seconds at the start; whether it pays
             depends on the layers' size (docs/benchmarks.md).
-        variables: ``"kernels"``, ``"all"`` or a predicate
+        variables: ``"matrices"`` (every weight matrix: kernels,
+            embeddings and language-model heads, recurrent kernels, LoRA
+            factors), ``"kernels"``, ``"all"`` or a predicate
             ``callable(variable) -> bool``: the trainable variables logged
             (see :func:`tbgrad.variables.tracked_variables`).
         diagnostics: Also log update-to-weight ratios, saturated and dead

@@ -35,7 +35,7 @@ from tbgrad.gradient_logger import GradientLogger
 from tbgrad.statistics import REGISTRY
 from tbgrad.statistics.buckets import histogram_buckets
 from tbgrad.summary import float_logs
-from tbgrad.variables import KERNELS
+from tbgrad.variables import MATRICES
 
 
 class TensorBoard(keras.callbacks.TensorBoard):
@@ -48,7 +48,7 @@ class TensorBoard(keras.callbacks.TensorBoard):
     train graph, the per-weight ``<weight path>/histogram`` histograms and
     images, the Projector's embeddings, profiles, and a layer's own
     ``tf.summary`` calls in training and validation). Beside them, for every
-    layer with a kernel (or every variable ``variables`` selects), the tags
+    weight matrix (or every variable ``variables`` selects), the tags
     of :mod:`tbgrad.tags` (``gradients/<layer>``, ``grad_mean_abs/<layer>``,
     ``weights/<layer>``, ...). One default differs from Keras's:
     ``histogram_freq=1`` (histograms are the point; ``histogram_freq=0``
@@ -78,7 +78,9 @@ class TensorBoard(keras.callbacks.TensorBoard):
             Projector, as Keras does.
         embeddings_metadata: Metadata files of the embedding layers, as in
             Keras.
-        variables: ``"kernels"``, ``"all"`` or a predicate
+        variables: ``"matrices"`` (every weight matrix: kernels,
+            embeddings and language-model heads, recurrent kernels, LoRA
+            factors), ``"kernels"``, ``"all"`` or a predicate
             ``callable(variable) -> bool``: the trainable variables logged
             (see :func:`tbgrad.variables.tracked_variables`).
         stats_every: Compute the gradient record on every this many
@@ -94,6 +96,21 @@ class TensorBoard(keras.callbacks.TensorBoard):
             step and every this many after it (default 16; 1: every step).
         statistics: The statistic classes to run (default
             :data:`tbgrad.statistics.REGISTRY`).
+        reference: The tag name of the weight matrix the ratios
+            (``grad_log10_ratio``, ``grad_ratio``) and the verdict compare
+            every layer with. Default: the matrix that produces the model's
+            output, found from the model's graph (a language model's head,
+            tied or not; a classifier's last dense; under LoRA the trainable
+            matrix nearest the output); see
+            :func:`tbgrad.variables.output_matrix`.
+        stats_freq: ``"epoch"`` (the default), or an integer N: every
+            statistic, histogram and diagnostic is written over each interval
+            of N training steps instead, exact over its applied steps, at the
+            global step (the x axis is steps; ``epoch_*`` stay per epoch).
+            For one or a few long epochs. Intervals run on across epochs; the
+            steps after the last whole interval are written when ``fit``
+            ends. With ``steps_per_execution`` > 1 an interval ends at the
+            end of the execution that crossed its multiple of N.
 
     The first step and layer whose gradient or weights turn NaN or Inf are
     in :attr:`first_nonfinite` after ``fit`` (and the text tag
@@ -116,11 +133,13 @@ class TensorBoard(keras.callbacks.TensorBoard):
         embeddings_freq: int = 0,
         embeddings_metadata: str | Mapping[str, str] | None = None,
         *,
-        variables: Literal["kernels", "all"] | Callable = KERNELS,
+        variables: Literal["matrices", "kernels", "all"] | Callable = MATRICES,
         stats_every: int = 1,
         diagnostics: bool = True,
         diagnostics_every: int = _step.DEFAULT_DIAGNOSTICS_EVERY,
         statistics=REGISTRY,
+        reference: str | None = None,
+        stats_freq: Literal["epoch"] | int = EPOCH,
     ):
         check_keras_backend(f"tbgrad.{type(self).__name__}")
         _multi_worker.check_fit(f"tbgrad.{type(self).__name__}")
@@ -130,6 +149,7 @@ class TensorBoard(keras.callbacks.TensorBoard):
         update_freq = 1 if update_freq == "batch" else update_freq
         check_update_freq(update_freq)
         check_variables(variables)
+        check_update_freq(stats_freq, "stats_freq")
         super().__init__(
             log_dir=os.fspath(log_dir),
             histogram_freq=histogram_freq,
@@ -146,6 +166,9 @@ class TensorBoard(keras.callbacks.TensorBoard):
         self.diagnostics = bool(diagnostics)
         self.diagnostics_every = diagnostics_every
         self.statistics = tuple(statistics)
+        self.reference = reference
+        self.stats_freq = stats_freq
+        self._intervals = 0
         self.first_nonfinite: dict | None = None
         self._gradients: GradientLogger | None = None
         # The model whose fit this callback is in (None between fits).
@@ -165,7 +188,7 @@ class TensorBoard(keras.callbacks.TensorBoard):
         """Whether fit may run the batch hooks asynchronously: with nothing
         to do per batch (keras/src/callbacks/callback_list.py reads this;
         otherwise overriding ``on_train_batch_end`` makes every step wait)."""
-        return self.update_freq == EPOCH and not self._should_trace
+        return self.update_freq == EPOCH and self.stats_freq == EPOCH and not self._should_trace
 
     # -- Keras hooks ----------------------------------------------------------
 
@@ -189,6 +212,7 @@ class TensorBoard(keras.callbacks.TensorBoard):
             diagnostics=self.diagnostics,
             diagnostics_every=self.diagnostics_every,
             statistics=self.statistics,
+            reference=self.reference,
         ).attach()
         self._hooked_model = self.model
         # A train function traced before this fit would not call the hook.
@@ -197,12 +221,16 @@ class TensorBoard(keras.callbacks.TensorBoard):
         # this one first (the next train function is made without tbgrad).
         _compat.before_next_train_function(self.model, self.close)
         self._global_step = 0
+        self._intervals = 0
         super().on_train_begin(logs)
 
     def on_epoch_begin(self, epoch, logs=None):
         super().on_epoch_begin(epoch, logs)
         self._epoch_first_step = self._global_step
-        self._gradients.begin_epoch(epoch)
+        if self.stats_freq == EPOCH:
+            self._gradients.begin_epoch(epoch)
+        else:
+            self._gradients.epoch = epoch  # intervals run on across epochs
 
     def on_train_batch_end(self, batch, logs=None):
         if self.async_safe:
@@ -210,30 +238,32 @@ class TensorBoard(keras.callbacks.TensorBoard):
         # Keras's part: the train graph, batch_steps_per_second, profiling.
         # Its batch_<metric> scalars are written below, at tbgrad's step.
         super().on_train_batch_end(batch, None)
-        if self.update_freq == EPOCH:
-            return
         # ``batch`` is the epoch's index of the last step just run: with
         # ``steps_per_execution`` > 1, fit calls this once per execution, so
         # the steps are counted from it, not from the calls (fit's index runs
         # past a short last execution: it is capped at the epoch's steps).
         # The logs exist only at the end of an execution: they are written
-        # there when an execution crossed a multiple of update_freq.
+        # there when an execution crossed a multiple of update_freq (an
+        # interval of stats_freq ends there too).
         done = batch + 1
         steps = (self.params or {}).get("steps")
         if steps:
             done = min(done, steps)
         previous = self._global_step
         self._global_step = self._epoch_first_step + done
-        if self._global_step // self.update_freq > previous // self.update_freq:
+        if self.update_freq != EPOCH and crossed(previous, self._global_step, self.update_freq):
             scalars = {tags.batch_tag(k): v for k, v in float_logs(logs).items()}
             scalars.update(self._gradients.collector.step_tensors())
             self._gradients.summary.write_step(self._global_step, scalars)
+        if self.stats_freq != EPOCH and crossed(previous, self._global_step, self.stats_freq):
+            self._end_interval()
 
     def on_epoch_end(self, epoch, logs=None):
         logs = dict(logs or {})
         if self.write_steps_per_second:
             logs["steps_per_second"] = self._compute_steps_per_second()
-        self._gradients.end_epoch(epoch, logs, reset=False, flush=False)
+        by_epoch = self.stats_freq == EPOCH
+        self._gradients.end_epoch(epoch, logs, reset=False, flush=False, statistics=by_epoch)
         self._write_model_graph()
         if self._gradients.histograms_due(epoch):
             self._log_weights(epoch)
@@ -243,8 +273,14 @@ class TensorBoard(keras.callbacks.TensorBoard):
         self._gradients.summary.flush()
 
     def on_train_end(self, logs=None):
+        if self.stats_freq != EPOCH:
+            self._end_interval()  # the steps since the last whole interval
         super().on_train_end(logs)
         self.close()
+
+    def _end_interval(self) -> None:
+        if self._gradients.end_interval(self._global_step, self._intervals):
+            self._intervals += 1
 
     def on_test_begin(self, logs=None):
         if self._hooked_model is None:
@@ -343,6 +379,11 @@ class TensorBoard(keras.callbacks.TensorBoard):
         # Keras writes projector_config.pbtxt into log_dir without creating it.
         _paths.gfile().makedirs(self.log_dir)
         super()._configure_embeddings()
+
+
+def crossed(before: int, after: int, every: int) -> bool:
+    """Whether the steps from ``before`` to ``after`` passed a multiple of ``every``."""
+    return after // every > before // every
 
 
 __all__ = ["TensorBoard"]

@@ -14,6 +14,7 @@ import keras
 from tbgrad import _compat
 
 # The ``variables=`` choices of the callback, GradientLogger and the tape loop.
+MATRICES = "matrices"  # the default
 KERNELS = "kernels"
 ALL = "all"
 
@@ -22,15 +23,21 @@ ALL = "all"
 class KernelLayer:
     """A variable tbgrad logs: its tag name and the variable.
 
-    ``kernel`` is the variable logged: a layer's kernel by default, any
+    ``kernel`` is the variable logged: every weight matrix by default, any
     trainable variable with ``variables="all"`` or a predicate (see
     :func:`tracked_variables`). ``is_kernel`` says whether it is its layer's
-    kernel (``grad_ratio`` compares the first and last of those).
+    kernel (named by the layer alone).
     """
 
     name: str
     kernel: keras.Variable
     is_kernel: bool = True
+
+    @property
+    def is_matrix(self) -> bool:
+        """A weight matrix (a kernel, or any variable of two or more
+        dimensions): what the ratios and the verdict compare."""
+        return self.is_kernel or is_weight_matrix(self.kernel)
 
 
 def kernel_layers(model: keras.Model) -> list[KernelLayer]:
@@ -41,14 +48,19 @@ def kernel_layers(model: keras.Model) -> list[KernelLayer]:
     return tracked_variables(model, KERNELS)
 
 
-def tracked_variables(model: keras.Model, variables=KERNELS) -> list[KernelLayer]:
+def tracked_variables(model: keras.Model, variables=MATRICES) -> list[KernelLayer]:
     """Returns the trainable variables of ``model`` that tbgrad logs, named.
 
     Args:
         model: A built Keras model (nested and subclassed models included).
-        variables: ``"kernels"`` (every layer's trainable ``kernel``),
-            ``"all"`` (every trainable variable) or a predicate
-            ``callable(variable) -> bool`` over the trainable variables.
+        variables: ``"matrices"`` (the default: every trainable weight
+            matrix, i.e. every variable of two or more dimensions but
+            biases: kernels,
+            embeddings and language-model heads, recurrent kernels, LoRA
+            factors; not biases or normalisation scales), ``"kernels"``
+            (every layer's trainable ``kernel`` only), ``"all"`` (every
+            trainable variable) or a predicate ``callable(variable) -> bool``
+            over the trainable variables.
 
     A layer's kernel is named by the layer (``dense_1``), its other variables
     by the layer and the variable (``lstm/recurrent_kernel``,
@@ -65,7 +77,7 @@ def tracked_variables(model: keras.Model, variables=KERNELS) -> list[KernelLayer
     found = [
         (name, var, is_kernel)
         for name, var, is_kernel in _candidates(model)
-        if (is_kernel if variables == KERNELS else variables == ALL or variables(var))
+        if _selected(variables, var, is_kernel)
     ]
     names = [_unique_name(name, var, is_kernel, found) for name, var, is_kernel in found]
     seen: dict[str, int] = {}
@@ -76,6 +88,64 @@ def tracked_variables(model: keras.Model, variables=KERNELS) -> list[KernelLayer
         name = name if seen[name] == 1 else f"{name}_{seen[name]}"
         out.append(KernelLayer(name=name, kernel=var, is_kernel=is_kernel))
     return out
+
+
+def output_matrix(model: keras.Model, layers: list[KernelLayer], name: str | None = None):
+    """The index in ``layers`` of the matrix that produces the model's output:
+    the reference the ratios and the verdict compare every layer with.
+
+    Found from the model's graph, not from its order: from the (first)
+    output back towards the inputs, the first layer holding a tracked weight
+    matrix, and its last one (a language model's head, tied to the token
+    embedding or not; a classifier's dense; under LoRA, with the head
+    frozen, the trainable matrix nearest the output). A nested functional
+    model is walked inside. A subclassed model has no graph to walk: its
+    last matrix in model order. ``name`` (a tracked variable's tag name)
+    overrides it. None when no matrix is tracked.
+    """
+    matrices = {id(layer.kernel): i for i, layer in enumerate(layers) if layer.is_matrix}
+    if name is not None:
+        names = [layer.name for layer in layers if layer.is_matrix]
+        if name not in names:
+            raise ValueError(
+                f"reference={name!r} is not a tracked weight matrix; choose one of "
+                f"{', '.join(names) or '(none)'}"
+            )
+        return next(i for i, layer in enumerate(layers) if layer.name == name)
+    if not matrices:
+        return None
+    queue = _compat.symbolic_outputs(model)[:1]
+    seen: set[int] = set()
+    while queue:
+        found = _compat.producer(queue.pop(0))
+        if found is None or id(found[0]) in seen:
+            continue
+        operation, inputs = found
+        seen.add(id(operation))
+        inner = _compat.symbolic_outputs(operation) if isinstance(operation, keras.Model) else []
+        if inner:
+            # A nested model: its own graph first, then what it was called on.
+            queue = inner[:1] + queue + inputs
+            continue
+        held = [matrices[id(v)] for v in getattr(operation, "weights", []) if id(v) in matrices]
+        if held:
+            return held[-1]
+        queue.extend(inputs)
+    return max(matrices.values())
+
+
+def is_weight_matrix(var) -> bool:
+    """Whether ``var`` is a weight matrix: two or more dimensions and not a
+    bias (a multi-head attention's bias is ``[heads, head_dim]``)."""
+    return len(var.shape) >= 2 and not var.name.endswith("bias")
+
+
+def _selected(variables, var, is_kernel: bool) -> bool:
+    if variables == MATRICES:
+        return is_kernel or is_weight_matrix(var)
+    if variables == KERNELS:
+        return is_kernel
+    return variables == ALL or bool(variables(var))
 
 
 def _candidates(model):

@@ -123,6 +123,9 @@ class Setup:
         diagnostics: Whether the diagnostics are on.
         count_skips: Whether the optimizer skips steps (LossScaleOptimizer).
         bucket_count: Histogram buckets.
+        reference: The index of the matrix that produces the model's output
+            (:func:`tbgrad.variables.output_matrix`), which the ratios compare
+            every layer with; None when no matrix is tracked.
     """
 
     layers: tuple[KernelLayer, ...]
@@ -131,15 +134,24 @@ class Setup:
     diagnostics: bool = True
     count_skips: bool = False
     bucket_count: int = DEFAULT_BUCKET_COUNT
+    reference: int | None = None
 
     @property
     def names(self) -> list[str]:
         return [layer.name for layer in self.layers]
 
     @property
-    def kernels_at(self) -> list[int]:
-        """Indices of the layers' kernels (the variables named by their layer)."""
-        return [i for i, layer in enumerate(self.layers) if layer.is_kernel]
+    def matrices_at(self) -> list[int]:
+        """Indices of the weight matrices, in model order."""
+        return [i for i, layer in enumerate(self.layers) if layer.is_matrix]
+
+    @property
+    def compared_at(self) -> list[int]:
+        """Indices of the weight matrices in model order, the reference last:
+        what the verdict compares."""
+        if self.reference is None:
+            return []
+        return [i for i in self.matrices_at if i != self.reference] + [self.reference]
 
 
 @dataclass

@@ -31,20 +31,37 @@ def histogram_buckets(data, bucket_count: int = DEFAULT_BUCKET_COUNT) -> np.ndar
     return to_buckets(np.concatenate([[lo, hi], counts]), bucket_count)
 
 
-def step_buckets(x, bucket_count: int, dtype="float64"):
-    """``[lo, hi, count_1..count_k]`` of the finite entries of ``x``, in the
-    train step (a segment sum, which XLA compiles; a histogram op it does not)."""
+def step_buckets(x, bucket_count: int, dtype="float64", zeros=0):
+    """``[lo, hi, count_1..count_k]`` of the finite entries of ``x`` and
+    ``zeros`` more entries equal to 0 (the rows an embedding's sparse
+    gradient leaves out), in the train step (a segment sum, which XLA
+    compiles; a histogram op it does not)."""
     x = keras.ops.reshape(keras.ops.cast(x, dtype), [-1])
     finite = keras.ops.isfinite(x)
     lo = keras.ops.min(keras.ops.where(finite, x, np.inf))
     hi = keras.ops.max(keras.ops.where(finite, x, -np.inf))
+    sparse = not (isinstance(zeros, int) and zeros == 0)
+    if sparse:
+        zeros = keras.ops.cast(zeros, dtype)
+        lo = keras.ops.where(zeros > 0, keras.ops.minimum(lo, 0.0), lo)
+        hi = keras.ops.where(zeros > 0, keras.ops.maximum(hi, 0.0), hi)
     some = lo <= hi
     lo = keras.ops.where(some, lo, 0.0)
     hi = keras.ops.where(some, hi, 0.0)
     span = keras.ops.where(hi > lo, hi - lo, 1.0)
-    scaled = (keras.ops.where(finite, x, lo) - lo) / span * bucket_count
-    index = keras.ops.clip(keras.ops.cast(keras.ops.floor(scaled), "int32"), 0, bucket_count - 1)
+
+    def bucket(v):
+        scaled = (v - lo) / span * bucket_count
+        return keras.ops.clip(keras.ops.cast(keras.ops.floor(scaled), "int32"), 0, bucket_count - 1)
+
+    index = bucket(keras.ops.where(finite, x, lo))
     counts = keras.ops.segment_sum(keras.ops.cast(finite, dtype), index, bucket_count)
+    if sparse:
+        counts = (
+            counts
+            + keras.ops.one_hot(bucket(keras.ops.zeros([], dtype)), bucket_count, dtype=dtype)
+            * zeros
+        )
     return keras.ops.concatenate([keras.ops.stack([lo, hi]), counts], axis=0)
 
 

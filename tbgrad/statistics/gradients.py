@@ -63,7 +63,10 @@ def _moments(sums, counts, sizes):
 
 def _finite_moments(grads, counts):
     # Every gradient in one flat float64 vector, its sums taken by segment:
-    # the fewest ops, which is what tracing this rare branch costs.
+    # the fewest ops, which is what tracing this rare branch costs. A
+    # gradient's size is read when the branch runs: an embedding's rows are
+    # fewer than its variable's entries (the others are zeros, finite).
+    held = keras.ops.stack([keras.ops.cast(keras.ops.size(g), "int64") for g in grads])
     flat = keras.ops.concatenate(
         [keras.ops.reshape(keras.ops.cast(g, "float64"), [-1]) for g in grads], axis=0
     )
@@ -75,11 +78,11 @@ def _finite_moments(grads, counts):
     # The segment ids are made when the branch runs: as a constant they
     # would be one int64 per parameter in the graph, copied at every
     # optimisation pass (gigabytes of peak memory on a 20M-parameter model).
-    segments = keras.ops.repeat(
-        keras.ops.arange(len(grads), dtype="int32"), np.array(counts, np.int64), axis=0
-    )
+    segments = keras.ops.repeat(keras.ops.arange(len(grads), dtype="int32"), held, axis=0)
     sums = keras.ops.segment_sum(columns, segments, len(grads))
-    return _moments(sums[:, :3], sums[:, 3], np.array(counts, np.float64))
+    sizes = np.array(counts, np.float64)
+    finite_entries = sums[:, 3] + (sizes - keras.ops.cast(held, "float64"))
+    return _moments(sums[:, :3], finite_entries, sizes)
 
 
 def found_record(values, names, what: str) -> dict | None:
@@ -108,13 +111,13 @@ class GradientMoments(Statistic):
     families = (
         Family(
             tags.GRAD_MEAN_ABS,
-            "mean \\|g\\| of the kernel gradient, averaged over every step of the epoch",
+            "mean \\|g\\| of the gradient, averaged over every step of the epoch",
             boards="Scalars, Gradient flow",
             scale="log",
         ),
         Family(
             tags.GRAD_STD,
-            "standard deviation of the kernel gradient, averaged over the epoch's steps",
+            "standard deviation of the gradient, averaged over the epoch's steps",
             boards="Scalars, Gradient flow",
             scale="log",
         ),
@@ -127,7 +130,7 @@ class GradientMoments(Statistic):
         ),
         Family(
             tags.GRAD_NONFINITE,
-            "NaN or Inf kernel-gradient entries in the epoch",
+            "NaN or Inf gradient entries in the epoch",
             scale="linear",
         ),
         Family(
@@ -192,7 +195,7 @@ class GradientNorm(Statistic):
     families = (
         Family(
             tags.GRAD_NORM,
-            "L2 norm of the kernel gradient (finite entries), averaged over the epoch's steps; "
+            "L2 norm of the gradient (finite entries), averaged over the epoch's steps; "
             "its largest",
             boards="Scalars, Gradient flow",
             scale="log",
@@ -245,7 +248,7 @@ class GradientHistogram(Statistic):
     families = (
         Family(
             tags.GRADIENTS,
-            "the kernel gradient the optimizer applied in the epoch's first step (finite entries)",
+            "the gradient the optimizer applied in the epoch's first step (finite entries)",
             kind="histogram",
             boards="Histograms, Distributions",
         ),
@@ -259,7 +262,9 @@ class GradientHistogram(Statistic):
 
     def update(self, step, carry=None):
         k = self.setup.bucket_count
-        rows = keras.ops.stack([step_buckets(g, k) for g in step.gradients])
+        rows = keras.ops.stack(
+            [step_buckets(g, k, zeros=z) for g, z in zip(step.gradients, step.absent)]
+        )
         return {"buckets": rows, "steps": keras.ops.ones([], "int64")}
 
     def result(self, values, epoch):
@@ -271,19 +276,20 @@ class GradientHistogram(Statistic):
 
 
 class GradientRatio(Statistic):
-    """Each layer's mean |g| against the output layer's (the last kernel)."""
+    """Each layer's mean |g| against the output layer's (the matrix that
+    produces the model's output: :attr:`Setup.reference`)."""
 
     families = (
         Family(
             tags.GRAD_LOG10_RATIO,
-            f"log10 of the layer's `{tags.GRAD_MEAN_ABS}` over the output layer's: 0 as "
-            "strong, -1 ten times weaker",
+            f"log10 of the layer's `{tags.GRAD_MEAN_ABS}` over the output layer's (the "
+            "matrix that produces the model's output): 0 as strong, -1 ten times weaker",
             boards="Custom Scalars, Scalars, Gradient flow",
             scale="linear",
         ),
         Family(
             tags.GRAD_RATIO,
-            f"`{tags.GRAD_MEAN_ABS}` of the first kernel layer over the output layer's",
+            f"`{tags.GRAD_MEAN_ABS}` of the first weight matrix over the output layer's",
             per_layer=False,
             condition="two kernels",
         ),
@@ -292,7 +298,7 @@ class GradientRatio(Statistic):
 
     @classmethod
     def wanted(cls, setup):
-        return bool(setup.kernels_at)
+        return setup.reference is not None
 
     def result(self, values, epoch):
         names = epoch.setup.names
@@ -300,10 +306,11 @@ class GradientRatio(Statistic):
         if any(value is None for value in found):
             return {}
         mean_abs = np.asarray(found, np.float32)
-        kernels_at = epoch.setup.kernels_at
-        out = epoch.per_layer(tags.GRAD_LOG10_RATIO, log10_ratio(mean_abs, kernels_at[-1]))
-        if len(kernels_at) >= 2:
-            first, last = mean_abs[kernels_at[0]], mean_abs[kernels_at[-1]]
+        compared = epoch.setup.compared_at
+        reference = compared[-1]
+        out = epoch.per_layer(tags.GRAD_LOG10_RATIO, log10_ratio(mean_abs, reference))
+        if len(compared) >= 2:
+            first, last = mean_abs[compared[0]], mean_abs[reference]
             out[tags.GRAD_RATIO] = float(first / last) if last != 0 else 0.0
         return out
 

@@ -21,19 +21,19 @@ class WeightStats(Statistic):
     families = (
         Family(
             tags.WEIGHTS,
-            "histogram of the kernel at the end of the epoch",
+            "histogram of the matrix at the end of the epoch",
             kind="histogram",
             when="every `histogram_freq` epochs",
             boards="Histograms, Distributions",
         ),
-        Family(tags.WEIGHT_MEAN, "mean of the kernel at the end of the epoch", scale="linear"),
+        Family(tags.WEIGHT_MEAN, "mean of the matrix at the end of the epoch", scale="linear"),
         Family(
             tags.WEIGHT_STD,
-            "standard deviation of the kernel at the end of the epoch",
+            "standard deviation of the matrix at the end of the epoch",
             boards="Scalars, Gradient flow",
             scale="log",
         ),
-        Family(tags.WEIGHT_L1, "sum of \\|w\\| of the kernel", scale="log"),
+        Family(tags.WEIGHT_L1, "sum of \\|w\\| of the matrix", scale="log"),
     )
     cadence = _step.EPOCH
 

@@ -139,7 +139,7 @@ def test_model_without_kernels_warns_and_still_writes_epoch_scalars(tmp_path):
     model = keras.Sequential([keras.Input((3,)), keras.layers.Lambda(lambda t: t[:, :1])])
     model.compile("sgd", "mse")
     x, y = _data()
-    with pytest.warns(UserWarning, match="no layer with a kernel"):
+    with pytest.warns(UserWarning, match="no trainable weight matrix"):
         model.fit(x, y, epochs=2, verbose=0, callbacks=[tbgrad.TensorBoard(tmp_path)])
     run = load_run(tmp_path)
     assert run.train.steps("epoch_loss") == [0, 1]

@@ -173,8 +173,12 @@ def test_names_of_common_layers():
         "out",
         "out/bias",
     ]
-    assert [v.name for v in tracked_variables(model)] == [n for n in names if "/" not in n]
-    assert [v.name for v in tbgrad.tracked_variables(model)] == [n for n in names if "/" not in n]
+    kernels = [n for n in names if "/" not in n]
+    assert [v.name for v in tracked_variables(model, "kernels")] == kernels
+    # The default: every weight matrix (recurrent kernels too; GRU's bias is
+    # [2, 3 * units] but a bias, the normalisation's vectors are not).
+    matrices = [n for n in names if "/" not in n or n.endswith("recurrent_kernel")]
+    assert [v.name for v in tbgrad.tracked_variables(model)] == matrices
 
 
 def test_names_unique_and_stable_with_repeated_layer_names():
