@@ -140,6 +140,13 @@ def is_weight_matrix(var) -> bool:
     return len(var.shape) >= 2 and not var.name.endswith("bias")
 
 
+def is_embedding(var) -> bool:
+    """Whether ``var`` is an embedding table (or a language-model head
+    stored as one): ``embeddings``, ``reverse_embeddings``,
+    ``position_embeddings``, ..."""
+    return var.name.endswith("embeddings")
+
+
 def _selected(variables, var, is_kernel: bool) -> bool:
     if variables == MATRICES:
         return is_kernel or is_weight_matrix(var)

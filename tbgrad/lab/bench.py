@@ -114,7 +114,7 @@ class Workload:
     """A model and its data."""
 
     name: str
-    model: str  # "mlp", "cnn" or "transformer" (see _build_model)
+    model: str  # "mlp", "cnn", "transformer" or "gpt2" (see _build_model)
     samples: int  # training samples (study A: the 500 of circles-a)
     batch_size: int
     epochs: int  # default number of epochs of the timed run
@@ -128,8 +128,12 @@ class Workload:
     classes: int = 1  # 1: one sigmoid unit; more: softmax over integer labels
 
     @property
-    def loss(self) -> str:
+    def loss(self):
         """The Keras loss of its labels."""
+        if self.model == "gpt2":
+            import keras
+
+            return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         return "binary_crossentropy" if self.classes == 1 else "sparse_categorical_crossentropy"
 
 
@@ -173,6 +177,13 @@ WORKLOADS = {
         "token, 2048 samples, batch 32, Adam 0.001",
         classes=10,
     ),
+    "gpt2": Workload(
+        "gpt2", "gpt2", 1_024, 16, 3, False, "adam", 0.001,
+        "KerasHub GPT2CausalLM built from config (no download): vocabulary 1000, "
+        "4 blocks, hidden 64, 4 heads, feed-forward 128, dropout 0.1, 32 random tokens "
+        "predicting the next, 1024 samples, batch 16, Adam 0.001",
+        classes=VOCABULARY,
+    ),
 }  # fmt: skip
 
 
@@ -213,6 +224,8 @@ def load_data(workload: Workload, samples: int | None = None):
         return (*_images(n, workload.classes), None)
     if workload.model == "transformer":
         return (*_tokens(n, workload.classes), None)
+    if workload.model == "gpt2":
+        return (*_next_tokens(n), None)
     return _circles(workload, n)
 
 
@@ -259,6 +272,16 @@ def _tokens(n: int, classes: int):
     return x, y
 
 
+def _next_tokens(n: int):
+    # Random token ids; the target of each token is the next one.
+    import numpy as np
+
+    rng = np.random.default_rng(DATA_SEED)
+    ids = rng.integers(0, VOCABULARY, (n, SEQUENCE_LENGTH + 1), dtype=np.int32)
+    x = {"token_ids": ids[:, :-1], "padding_mask": np.ones((n, SEQUENCE_LENGTH), np.int32)}
+    return x, ids[:, 1:]
+
+
 def _model(workload: Workload, clear_session: bool = True):
     """A fresh model of ``workload`` (seeded: the same weights every time) and
     a fresh optimizer."""
@@ -281,6 +304,8 @@ def _build_model(workload: Workload):
         return _cnn(workload.classes)
     if workload.model == "transformer":
         return _transformer(workload.classes)
+    if workload.model == "gpt2":
+        return _gpt2()
     return build_mlp(depth=workload.depth, width=workload.width, activation="relu")
 
 
@@ -330,9 +355,28 @@ def _transformer(classes: int):
     return keras.Model(tokens, outputs, name="transformer")
 
 
+def _gpt2():
+    """A KerasHub GPT-2 causal language model built from a config."""
+    try:
+        import keras_hub
+    except ImportError as e:
+        raise SystemExit("the gpt2 workload needs keras-hub: pip install keras-hub") from e
+    backbone = keras_hub.models.GPT2Backbone(
+        vocabulary_size=VOCABULARY,
+        num_layers=4,
+        num_heads=HEADS,
+        hidden_dim=EMBEDDING,
+        intermediate_dim=FEED_FORWARD,
+        max_sequence_length=SEQUENCE_LENGTH,
+    )
+    return keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
+
+
 def _loss_fn(workload: Workload):
     import keras
 
+    if workload.model == "gpt2":
+        return workload.loss
     if workload.classes == 1:
         return keras.losses.BinaryCrossentropy()
     return keras.losses.SparseCategoricalCrossentropy()
@@ -371,7 +415,7 @@ def _run_fit(callback_factory, jit_compile="auto", whole_epoch=False):
             workload.loss,
             metrics=["accuracy"],
             jit_compile=jit_compile,
-            steps_per_execution=-(-len(x) // workload.batch_size) if whole_epoch else 1,
+            steps_per_execution=-(-len(y) // workload.batch_size) if whole_epoch else 1,
         )
         callbacks = [callback_factory(log_dir)] if callback_factory else []
         callbacks.append(_epoch_clock(ends))  # last: after the logging

@@ -20,6 +20,7 @@ from tbgrad import step as _step
 from tbgrad import tags
 from tbgrad.statistics.base import Family, Statistic
 from tbgrad.statistics.gradients import first_found, found_at, found_record
+from tbgrad.variables import is_embedding
 
 # The rule of thumb (cs231n.github.io/neural-networks-3, "Ratio of weights:
 # updates"): updates about a thousandth of the weights.
@@ -27,13 +28,14 @@ REFERENCE_UPDATE_RATIO = 1e-3
 
 
 class UpdateRatio(Statistic):
-    """Each tracked variable's update-to-weight ratio, averaged over the
-    measured steps; the first weight an update turned NaN or Inf."""
+    """Each tracked variable's update-to-weight ratio (embeddings aside),
+    averaged over the measured steps; the first weight an update turned NaN
+    or Inf."""
 
     families = (
         Family(
             tags.UPDATE_RATIO,
-            "\\|\\|Δw\\|\\| / \\|\\|w\\|\\| per step, epoch mean (near 1e-3 is usual)",
+            "\\|\\|Δw\\|\\| / \\|\\|w\\|\\| per step, epoch mean (near 1e-3 is usual; not for embeddings)",
             boards="Scalars, Gradient flow",
             scale="log",
             explains=True,
@@ -43,22 +45,36 @@ class UpdateRatio(Statistic):
     after_update = True
     diagnostic = True
 
+    @classmethod
+    def wanted(cls, setup):
+        others = any(not is_embedding(layer.kernel) for layer in setup.layers)
+        return others and super().wanted(setup)
+
     def __init__(self, setup):
         super().__init__(setup)
-        self.add_state("sums", [len(setup.layers)])
+        # Not an embedding: its ratio would hold a copy of the whole matrix
+        # (a vocabulary's rows) at every measured step, for rows a batch
+        # mostly leaves alone.
+        self.at = [i for i, layer in enumerate(setup.layers) if not is_embedding(layer.kernel)]
+        self.names = [setup.names[i] for i in self.at]
+        self.add_state("sums", [len(self.at)])
         self.add_state("steps", [], "int64")
         self.add_state("first_bad", [2], "int64", combine=first_found, initial=-1)
 
     def before(self, step):
         # A read is a snapshot: TensorFlow copies a variable's buffer before
         # an update writes into it while a read still holds it.
-        return [keras.ops.cast(k, "float32") for k in step.kernels]
+        at = set(self.at)
+        return [
+            keras.ops.cast(k, "float32") if i in at else keras.ops.zeros([0], "float32")
+            for i, k in enumerate(step.kernels)
+        ]
 
     def update(self, step, carry=None):
         if carry is None:
             return {}  # gradients handed over without an optimizer step
         moved, size, bad = [], [], []
-        for kernel, before in zip(step.kernels, carry):
+        for kernel, before in [(step.kernels[i], carry[i]) for i in self.at]:
             after = keras.ops.cast(kernel, "float32")
             delta = after - before
             # Each norm taken of its vector divided by its largest entry,
@@ -81,10 +97,10 @@ class UpdateRatio(Statistic):
         if steps == 0:
             return {}
         sums = np.asarray(values["sums"], dtype=np.float64)
-        return epoch.per_layer(tags.UPDATE_RATIO, sums / steps)
+        return epoch.per_layer(tags.UPDATE_RATIO, sums / steps, self.names)
 
     def first_nonfinite(self, values, epoch):
-        return found_record(values["first_bad"], self.setup.names, "weight")
+        return found_record(values["first_bad"], self.names, "weight")
 
 
 def _norm(x):

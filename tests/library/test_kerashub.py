@@ -220,3 +220,13 @@ def test_first_step_histograms_equal_numpy(trained):
     if trained["case"] in ("llama (untied head)", "bert classifier"):
         rows = trained["first"]["token_embedding/embeddings"]
         assert (rows == 0).all(axis=1).any()  # the batch left rows untouched
+
+
+def test_update_ratio_leaves_embeddings_out(trained):
+    # An embedding's ratio would copy its whole table at every measured step.
+    logged = {
+        n
+        for n in trained["expected"]
+        if tags.layer_tag(tags.UPDATE_RATIO, n) in trained["run"].train.scalars
+    }
+    assert logged == {n for n in trained["expected"] if not n.endswith("embeddings")}
