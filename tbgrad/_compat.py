@@ -68,6 +68,100 @@ def is_update_step_wrapped(optimizer) -> bool:
 OPTIMIZER_CLIP_GRADIENTS = "_clip_gradients"
 
 
+# On JAX, fit's train step is a pure function of the state it is handed:
+# Keras carries from step to step only the variables it passes in and out,
+# the optimizer's among them (``BaseOptimizer.stateless_apply`` returns every
+# one of ``optimizer.variables``; keras/src/backend/jax/trainer.py). The
+# statistics' state updated inside the update step persists only as the
+# optimizer's variables: it is appended to the optimizer's tracked list
+# (``_variables``, where ``add_variable`` puts a new one) before fit reads
+# the state, and removed when tbgrad detaches. Fit writes the state back
+# into the variables (``jax_state_sync``) before every ``on_epoch_end``; to
+# read or reset it mid-epoch, a callback syncs it and asks fit to read the
+# variables again (``_jax_state_synced``).
+OPTIMIZER_VARIABLES = "_variables"
+JAX_STATE_SYNCED = "_jax_state_synced"
+
+
+# What is saved stays Keras's alone: while tbgrad's state is tracked, the
+# object's public ``save_own_variables`` (what every Keras save calls) is
+# shadowed on the instance to save without it.
+SAVE_OWN_VARIABLES = "save_own_variables"
+
+
+def _save_without(owner, attribute: str, variables) -> None:
+    ids = {id(v) for v in variables}
+    original = type(owner).save_own_variables
+
+    def save_own_variables(store):
+        tracked = getattr(owner, attribute)
+        kept = list(tracked)
+        _remove(tracked, ids)
+        try:
+            original(owner, store)
+        finally:
+            _remove(tracked, {id(v) for v in kept})
+            tracked.extend(kept)  # as it was, in its order
+
+    setattr(owner, SAVE_OWN_VARIABLES, save_own_variables)
+
+
+def _remove(tracked, ids) -> None:
+    for i in reversed(range(len(tracked))):
+        if id(tracked[i]) in ids:
+            del tracked[i]
+
+
+def track_in_optimizer(optimizer, variables) -> None:
+    """Makes ``variables`` part of ``optimizer``'s state (JAX)."""
+    _track(optimizer, OPTIMIZER_VARIABLES, variables)
+
+
+def untrack_from_optimizer(optimizer, variables) -> None:
+    """Undoes :func:`track_in_optimizer`."""
+    _untrack(optimizer, OPTIMIZER_VARIABLES, variables)
+
+
+def _track(owner, attribute: str, variables) -> None:
+    if not variables:
+        return
+    tracked = getattr(owner, attribute)
+    known = {id(v) for v in tracked}
+    tracked.extend(v for v in variables if id(v) not in known)
+    _save_without(owner, attribute, variables)
+
+
+def _untrack(owner, attribute: str, variables) -> None:
+    _remove(getattr(owner, attribute), {id(v) for v in variables})
+    owner.__dict__.pop(SAVE_OWN_VARIABLES, None)
+
+
+# Likewise the model carries its non-trainable variables through the
+# forward pass (``stateless_call``): the activation statistics' state,
+# updated there, is appended to the model's own list
+# (``Layer._non_trainable_variables``, which ``model.non_trainable_variables``
+# reads) and removed when tbgrad detaches.
+MODEL_NON_TRAINABLE = "_non_trainable_variables"
+
+
+def track_in_model(model, variables) -> None:
+    """Makes ``variables`` part of ``model``'s non-trainable state (JAX)."""
+    _track(model, MODEL_NON_TRAINABLE, variables)
+
+
+def untrack_from_model(model, variables) -> None:
+    """Undoes :func:`track_in_model`."""
+    _untrack(model, MODEL_NON_TRAINABLE, variables)
+
+
+def sync_training_state(model) -> None:
+    """On JAX inside ``fit``: writes the running state into the variables and
+    makes fit read them back at its next step (they may be reset)."""
+    if getattr(model, "_jax_state", None) is not None and hasattr(model, "jax_state_sync"):
+        model.jax_state_sync()
+        setattr(model, JAX_STATE_SYNCED, True)
+
+
 def has_clip_gradients(optimizer) -> bool:
     """Whether ``optimizer`` has the method :func:`wrap_clip_gradients` wraps."""
     return callable(getattr(optimizer, OPTIMIZER_CLIP_GRADIENTS, None))
@@ -219,8 +313,8 @@ def symbolic_outputs(model) -> list:
 
 
 def producer(tensor):
-    """``(operation, its input tensors)`` that produced symbolic ``tensor``,
-    or None for an input."""
+    """``(operation, its input tensors)`` that produced symbolic ``tensor``
+    (an input's ``InputLayer`` has none), or None when no record says."""
     history = getattr(tensor, "_keras_history", None)
     if history is None:
         return None
@@ -335,8 +429,11 @@ def unwrap_activation(layer) -> None:
 
 
 def in_graph() -> bool:
-    """Whether a ``tf.function`` (not eager code) is being traced."""
-    return not tf.executing_eagerly()
+    """Whether a ``tf.function`` (not eager code) is being traced; on the
+    other backends always (JAX's fit traces its step; PyTorch's runs it)."""
+    import keras
+
+    return keras.backend.backend() != "tensorflow" or not tf.executing_eagerly()
 
 
 def visible_in_current_graph(tensor) -> bool:
@@ -344,7 +441,9 @@ def visible_in_current_graph(tensor) -> bool:
     nested in: the optimizer's step may run in a cond branch
     (LossScaleOptimizer, gradient accumulation), whose graph reaches the
     forward pass's outputs through ``FuncGraph.outer_graph``. No public API
-    gives a graph's enclosing graph."""
+    gives a graph's enclosing graph. Any tensor on the other backends."""
+    if not tf.is_tensor(tensor):
+        return True
     graph = tf.compat.v1.get_default_graph()
     owner = getattr(tensor, "graph", None)
     while graph is not None:

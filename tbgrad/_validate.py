@@ -92,27 +92,29 @@ def check_variables(value):
     )
 
 
-# The one Keras backend tbgrad runs on: its statistics are TensorFlow
-# variables updated inside TensorFlow train steps.
+# The Keras backends tbgrad runs on: its statistics are Keras variables
+# updated inside the optimizer's update step, in keras.ops.
 TENSORFLOW = "tensorflow"
+BACKENDS = ("tensorflow", "jax", "torch")
 
 
-def backend_error(backend: str, what: str) -> str:
+def backend_error(backend: str, what: str, backends=BACKENDS) -> str:
     """The message for ``what`` (a class or command) run on another backend."""
+    names = " or ".join(repr(b) for b in backends)
     return (
-        f"{what} needs Keras's TensorFlow backend, but Keras's backend is {backend!r}: "
-        "set KERAS_BACKEND=tensorflow before Keras is imported. "
+        f"{what} needs Keras's {names} backend, but Keras's backend is {backend!r}: "
+        f"set KERAS_BACKEND={backends[0]} before Keras is imported. "
         f"Received: backend={backend!r}"
     )
 
 
-def check_keras_backend(what: str) -> None:
-    """Raises ValueError unless Keras (imported) runs on TensorFlow."""
+def check_keras_backend(what: str, backends=BACKENDS) -> None:
+    """Raises ValueError unless Keras (imported) runs on one of ``backends``."""
     import keras
 
     backend = keras.backend.backend()
-    if backend != TENSORFLOW:
-        raise ValueError(backend_error(backend, what))
+    if backend not in backends:
+        raise ValueError(backend_error(backend, what, backends))
 
 
 def configured_keras_backend() -> str:
@@ -138,12 +140,21 @@ def configured_keras_backend() -> str:
         return TENSORFLOW
 
 
-def check_configured_keras_backend(what: str) -> None:
-    """Raises ValueError unless Keras will load TensorFlow; imports nothing.
+def check_configured_keras_backend(what: str) -> str:
+    """Returns the backend Keras will load if tbgrad runs on it and it is
+    installed, else raises ValueError; imports nothing.
 
     For the command line, which must fail before it creates anything (and
     before Keras's import fails first when the named backend is missing).
     """
+    import importlib.util
+
     backend = configured_keras_backend()
-    if backend != TENSORFLOW:
+    if backend not in BACKENDS:
         raise ValueError(backend_error(backend, what))
+    if importlib.util.find_spec(backend) is None:
+        raise ValueError(
+            f"{what}: Keras's backend {backend!r} is not installed: "
+            f"pip install 'tbgrad[{backend}]'. Received: backend={backend!r}"
+        )
+    return backend

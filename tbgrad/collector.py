@@ -81,12 +81,22 @@ class Collector:
             _step.DIAGNOSTICS: check_int("diagnostics_every", diagnostics_every, 1),
         }
         self.statistics: list[Statistic] = [cls(setup) for cls in statistics if cls.wanted(setup)]
-        self._seen = _step.new_state("tbgrad_seen", [], "int64")
-        self._skipped = _step.new_state("tbgrad_skipped", [], "int64")
+        self._seen = _step.new_state("tbgrad_seen", [], _step.WIDE_INT)
+        self._skipped = _step.new_state("tbgrad_skipped", [], _step.WIDE_INT)
         self._capture = _step.new_state("tbgrad_capture", [], "bool", True)
         watches = any(stat.reads_activations for stat in self.statistics)
         self._tap = ActivationTap(list(setup.activations)) if watches else None
         self._steps = _step.ThreadSteps()
+        # On JAX the forward pass is traced inside the gradient: what it
+        # produced cannot reach the update step, so the activation
+        # statistics run in the forward pass itself, on a state of their
+        # own that the model carries (forward_variables).
+        self._forward: list[Statistic] = []
+        if watches and _step.ON_JAX:
+            self._forward = [s for s in self.statistics if s.reads_activations]
+            self._forward_seen = _step.new_state("tbgrad_forward_seen", [], _step.WIDE_INT)
+            self._forward_capture = _step.new_state("tbgrad_forward_capture", [], "bool", True)
+            self._tap.on_forward = self._forward_step
 
     @property
     def names(self) -> list[str]:
@@ -108,8 +118,22 @@ class Collector:
     @property
     def variables(self) -> list[keras.Variable]:
         """Every variable the statistics keep (the state they persist)."""
+        return self.step_variables + self.forward_variables
+
+    @property
+    def step_variables(self) -> list[keras.Variable]:
+        """The state updated in the optimizer's update step."""
         own = [self._seen, self._skipped, self._capture]
-        return own + [stat.state(n) for stat in self.statistics for n in stat.state_names]
+        stats = [s for s in self.statistics if s not in self._forward]
+        return own + [stat.state(n) for stat in stats for n in stat.state_names]
+
+    @property
+    def forward_variables(self) -> list[keras.Variable]:
+        """The state updated in the training forward pass (JAX only)."""
+        if not self._forward:
+            return []
+        own = [self._forward_seen, self._forward_capture]
+        return own + [stat.state(n) for stat in self._forward for n in stat.state_names]
 
     # -- attaching ----------------------------------------------------------
 
@@ -147,19 +171,34 @@ class Collector:
         if gradients is None:
             self._steps.end()  # no tracked gradient: not a step of ours
             return
-        self._seen.assign_add(keras.ops.ones([], "int64"))
+        self._seen.assign_add(keras.ops.ones([], _step.WIDE_INT))
         step.gradients, step.absent = self.policy.applied(gradients)
-        self._run(step, [s for s in self.statistics if not _at_end(s)])
+        self._run(step, [s for s in self._in_step() if not _at_end(s)])
 
     def end_update(self) -> None:
         """The optimizer's update has moved the weights; the step ends."""
         step = self._steps.end()
         if step is not None and step.gradients is not None:
-            self._run(step, [s for s in self.statistics if _at_end(s)])
+            self._run(step, [s for s in self._in_step() if _at_end(s)])
+
+    def _in_step(self) -> list[Statistic]:
+        return [s for s in self.statistics if s not in self._forward]
+
+    def _forward_step(self, activations) -> None:
+        # One training forward pass's outputs (JAX): the activation
+        # statistics on their own step count, computed and masked.
+        index = _step.read(self._forward_seen)
+        self._forward_seen.assign_add(keras.ops.ones([], _step.WIDE_INT))
+        due = {_step.DIAGNOSTICS: self._due(index, _step.DIAGNOSTICS)}
+        due[_step.HISTOGRAM] = keras.ops.logical_and(
+            keras.ops.equal(index, 0), _step.read(self._forward_capture)
+        )
+        step = _step.StepContext(self.policy, index, due, [], activations)
+        self._run(step, self._forward)
 
     def skip(self) -> None:
         """Counts a step the optimizer skipped (LossScaleOptimizer)."""
-        self._skipped.assign_add(keras.ops.ones([], "int64"))
+        self._skipped.assign_add(keras.ops.ones([], _step.WIDE_INT))
 
     def _start(self) -> _step.StepContext:
         step = self._steps.current()
@@ -215,9 +254,12 @@ class Collector:
         """Starts a new epoch; ``capture``: its histograms are due."""
         for stat in self.statistics:
             stat.reset_state()
-        self._seen.assign(keras.ops.zeros([], "int64"))
-        self._skipped.assign(keras.ops.zeros([], "int64"))
+        self._seen.assign(keras.ops.zeros([], _step.WIDE_INT))
+        self._skipped.assign(keras.ops.zeros([], _step.WIDE_INT))
         self._capture.assign(keras.ops.convert_to_tensor(capture, "bool"))
+        if self._forward:
+            self._forward_seen.assign(keras.ops.zeros([], _step.WIDE_INT))
+            self._forward_capture.assign(keras.ops.convert_to_tensor(capture, "bool"))
 
     def snapshot_tensors(self) -> dict:
         """Every state and the tracked variables, as tensors (graph or

@@ -129,6 +129,13 @@ class GradientLogger:
         self.diagnostics_every = check_int("diagnostics_every", diagnostics_every, 1)
         check_histogram_freq(histogram_freq)
         check_update_freq(update_freq)
+        if update_freq != EPOCH and not _step.ON_TENSORFLOW:
+            raise ValueError(
+                f"tbgrad.{type(self).__name__}(update_freq=N) writes from inside a "
+                "TensorFlow train step; on Keras's "
+                f"{keras.backend.backend()!r} backend write per epoch, or every N steps "
+                f"with logger.end_interval(step, index). Received: update_freq={update_freq!r}"
+            )
         check_variables(variables)
         self.model = model
         self.requested_log_dir = os.fspath(log_dir)
@@ -183,6 +190,9 @@ class GradientLogger:
     def _attach_collector(self) -> None:
         collector = self._collector
         collector.attach()
+        if _step.ON_JAX and self._hook is not None:
+            _compat.track_in_optimizer(self._hook.optimizer, collector.step_variables)
+            _compat.track_in_model(self.model, collector.forward_variables)
         self.summary.describe_run(collector.names, collector.kernel_names, collector.compared_names)
 
     def close(self) -> None:
@@ -190,6 +200,9 @@ class GradientLogger:
         the event files. Safe to call more than once; every epoch ended is on
         disk after it."""
         if self._hook is not None:
+            if self._collector is not None and _step.ON_JAX:
+                _compat.untrack_from_optimizer(self._hook.optimizer, self._collector.variables)
+                _compat.untrack_from_model(self.model, self._collector.variables)
             self._hook.remove()
             self._hook = None
         if self._collector is not None:

@@ -31,6 +31,24 @@ import tensorflow as tf
 
 from tbgrad import _compat
 
+# Keras's backend: on TensorFlow a step left out can skip its work in a
+# branch and an embedding's gradient is sparse; on JAX (a jitted, stateless
+# step) and PyTorch (eager) every step is computed and masked.
+ON_TENSORFLOW = keras.backend.backend() == "tensorflow"
+ON_JAX = keras.backend.backend() == "jax"
+
+
+def _jax_x64() -> bool:
+    import jax
+
+    return bool(jax.config.jax_enable_x64)
+
+
+# The widest integer and float the statistics keep counts and sums in: JAX
+# has 64-bit types only with jax_enable_x64 (else it truncates them, with a
+# warning per array).
+WIDE_INT, WIDE_FLOAT = ("int64", "float64") if not ON_JAX or _jax_x64() else ("int32", "float32")
+
 # The cadences a statistic can run on (Statistic.cadence).
 EVERY = "every"  # the steps stats_every counts: the record
 DIAGNOSTICS = "diagnostics"  # the epoch's first step and every diagnostics_every-th
@@ -66,12 +84,14 @@ class ExecutionPolicy:
     @classmethod
     def for_mode(cls, jit_compile: bool = False, replicas: int = 1) -> ExecutionPolicy:
         """The policy of a train step compiled with XLA or not, on ``replicas``."""
-        masked = bool(jit_compile) or replicas > 1
+        masked = bool(jit_compile) or replicas > 1 or not ON_TENSORFLOW
         return cls(MASK if masked else BRANCH, int(replicas), bool(jit_compile))
 
     def cond(self, pred, true_fn, false_fn):
         """``true_fn()`` where ``pred`` holds, else ``false_fn()``: a functional
         ``If`` when branching, ``tf.cond`` (no assignment inside) otherwise."""
+        if not ON_TENSORFLOW:
+            return keras.ops.cond(pred, true_fn, false_fn)
         if self.form == BRANCH:
             return _compat.functional_cond(pred, true_fn, false_fn)
         return tf.cond(pred, true_fn, false_fn)
@@ -98,6 +118,8 @@ class ExecutionPolicy:
         but never made. Under several replicas (the rows differ by replica)
         and under XLA (no unique ids) it is densified.
         """
+        if not ON_TENSORFLOW:
+            return [keras.ops.convert_to_tensor(g) for g in gradients], [0] * len(gradients)
         out, absent = [], []
         for g in gradients:
             if isinstance(g, tf.IndexedSlices) and self.replicas <= 1 and not self.xla:
@@ -113,6 +135,8 @@ class ExecutionPolicy:
 
     def replica_sum(self, values):
         """``values`` (a tensor or a list) summed over the replicas."""
+        if not ON_TENSORFLOW:
+            return values
         context = tf.distribute.get_replica_context()
         if self.replicas <= 1 or context is None or context.num_replicas_in_sync <= 1:
             return values
@@ -137,14 +161,25 @@ def new_state(name: str, shape, dtype="float32", value=0) -> keras.Variable:
 def read(variable):
     """The variable's value now, as a tensor: a Keras variable's ``value``
     (and ``keras.ops.convert_to_tensor`` of it) is the TensorFlow variable
-    itself, read only where it is used, which may be after a later update."""
-    return tf.identity(variable.value)
+    itself, read only where it is used, which may be after a later update
+    (on PyTorch the tensor the update writes into)."""
+    if ON_TENSORFLOW:
+        return tf.identity(variable.value)
+    return keras.ops.copy(variable.value)
 
 
 def snapshot(values):
     """``values`` (a structure of tensors or variables) with every variable
-    read now; tensors are values already."""
-    return tf.nest.map_structure(lambda v: read(v) if isinstance(v, keras.Variable) else v, values)
+    read now; tensors are values already (copied on PyTorch)."""
+    if ON_TENSORFLOW or ON_JAX:
+        return keras.tree.map_structure(
+            lambda v: read(v) if isinstance(v, keras.Variable) else v, values
+        )
+    # PyTorch updates a variable's tensor in place, and a tensor read from
+    # it (a cast to its own dtype is the tensor itself) with it.
+    return keras.tree.map_structure(
+        lambda v: read(v) if isinstance(v, keras.Variable) else keras.ops.copy(v), values
+    )
 
 
 class StepContext:
@@ -180,7 +215,7 @@ class StepContext:
         self._memo: dict[tuple, object] = {}
         # The graph the step is traced in (a trace that raised mid-step
         # leaves its step behind: ThreadSteps drops it).
-        self.graph = tf.compat.v1.get_default_graph()
+        self.graph = current_graph()
 
     def replica_sum(self, values):
         """``values`` summed over the replicas (identity on one device)."""
@@ -193,10 +228,15 @@ class StepContext:
     def shared(self, key: str, compute):
         """``compute()``, computed once per step (and graph) for every
         statistic that asks for ``key``: per-step work statistics share."""
-        graph_key = (key, tf.compat.v1.get_default_graph())
+        graph_key = (key, current_graph())
         if graph_key not in self._memo:
             self._memo[graph_key] = compute()
         return self._memo[graph_key]
+
+
+def current_graph():
+    """The TensorFlow graph being traced (None on other backends)."""
+    return tf.compat.v1.get_default_graph() if ON_TENSORFLOW else None
 
 
 class ThreadSteps:
@@ -208,7 +248,7 @@ class ThreadSteps:
 
     def current(self) -> StepContext | None:
         step = self._steps.get(threading.get_ident())
-        if step is not None and step.graph is not tf.compat.v1.get_default_graph():
+        if step is not None and step.graph is not current_graph():
             self.end()  # left by a trace that raised, or by an eager step
             return None
         return step

@@ -24,6 +24,7 @@ from tbgrad import _compat, _multi_worker, tags
 from tbgrad import step as _step
 from tbgrad._validate import (
     EPOCH,
+    TENSORFLOW,
     check_histogram_freq,
     check_int,
     check_keras_backend,
@@ -353,7 +354,7 @@ class _TapeLoop:
 
 def _check_arguments(args: dict) -> None:
     # Every argument of train_with_tape, checked before anything is built.
-    check_keras_backend("tbgrad.train_with_tape")
+    check_keras_backend("tbgrad.train_with_tape", (TENSORFLOW,))
     check_int("epochs", args["epochs"])
     check_int("batch_size", args["batch_size"])
     check_int("diagnostics_every", args["diagnostics_every"])

@@ -252,6 +252,7 @@ class TensorBoard(keras.callbacks.TensorBoard):
         previous = self._global_step
         self._global_step = self._epoch_first_step + done
         if self.update_freq != EPOCH and crossed(previous, self._global_step, self.update_freq):
+            _compat.sync_training_state(self.model)  # JAX: the step's state
             scalars = {tags.batch_tag(k): v for k, v in float_logs(logs).items()}
             scalars.update(self._gradients.collector.step_tensors())
             self._gradients.summary.write_step(self._global_step, scalars)
@@ -279,6 +280,7 @@ class TensorBoard(keras.callbacks.TensorBoard):
         self.close()
 
     def _end_interval(self) -> None:
+        _compat.sync_training_state(self.model)  # JAX: read, then reset
         if self._gradients.end_interval(self._global_step, self._intervals):
             self._intervals += 1
 

@@ -22,8 +22,8 @@ from tbgrad.lab.runs import check_logdir
 PROG = "sweep.py"
 
 # train.py flags that are not configuration fields (a sweep's runs are each
-# on one machine: no --strategy).
-_NOT_GRID = {"help", "logdir", "run_name", "quiet", "strategy"}
+# on one machine: no --strategy; they run on the sweep's KERAS_BACKEND).
+_NOT_GRID = {"help", "logdir", "run_name", "quiet", "strategy", "backend"}
 BACKENDS = ("pool", "ray")  # tbgrad.lab.sweep.BACKENDS, without importing it
 _INT_TYPES = (cli.positive_int, cli.non_negative_int)
 # Fields the run name (RunConfig.run_name) leaves out: when a sweep varies

@@ -7,7 +7,7 @@ import os
 import sys
 
 from tbgrad._paths import is_url
-from tbgrad._validate import check_configured_keras_backend
+from tbgrad._validate import BACKENDS, TENSORFLOW, check_configured_keras_backend
 from tbgrad.cli import common as cli
 from tbgrad.lab.choices import (
     DATASETS,
@@ -134,6 +134,12 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         "with the tape loop; run the same command on every worker, only the chief "
         "writes the run (default local)",
     )
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        help="Keras's backend (default: KERAS_BACKEND, else Keras's configured one, "
+        "else tensorflow); jax and torch train with fit on one device",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -168,8 +174,12 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     try:
         # Before anything is created or Keras is imported (Keras fails on
         # import when the backend it names is not installed).
-        check_configured_keras_backend(prog)
+        if args.backend:
+            os.environ["KERAS_BACKEND"] = args.backend
+        backend = check_configured_keras_backend(prog)
         config = config_from_args(args)
+        if backend != TENSORFLOW:
+            _check_backend(backend, args, config)
         if is_url(args.logdir):
             # Checking a URL (gs://...) needs TensorFlow's filesystems.
             cli.import_tensorflow_quietly(initialize_devices=False)
@@ -246,6 +256,22 @@ def _check_strategy(strategy: str, config) -> None:
             "--strategy multi-worker trains on every device of each worker; --replicas "
             f"splits one machine. Received: --replicas {config.replicas}"
         )
+
+
+def _check_backend(backend: str, args, config) -> None:
+    # What only TensorFlow runs: the tape loop (a GradientTape), several
+    # devices (tf.distribute) and TensorFlow's op determinism.
+    for flag, value, used in (
+        ("--loop", "tape", config.loop == "tape"),
+        ("--replicas", config.replicas, config.replicas != 1),
+        ("--strategy", args.strategy, args.strategy == MULTI_WORKER),
+        ("--deterministic", "", bool(config.deterministic)),
+    ):
+        if used:
+            raise ValueError(
+                f"{flag} {value} needs --backend tensorflow; on {backend} tbgrad trains "
+                f"with fit on one device. Received: --backend {backend} {flag} {value}".rstrip()
+            )
 
 
 def _start_devices(strategy: str, config) -> None:

@@ -104,6 +104,9 @@ class ActivationTap:
         # MirroredStrategy traces each replica in a thread of its own).
         self._pending: dict[int, dict[int, object]] = {}
         self._installed: list = []
+        # Called with the outputs once every watched layer has produced its
+        # own in one forward pass, instead of keeping them for take().
+        self.on_forward = None
 
     def attach(self) -> None:
         if self._installed:
@@ -124,7 +127,11 @@ class ActivationTap:
     def _seen_by(self, i: int):
         def seen(output):
             if _compat.in_graph() and _compat.keras_training():
-                self._pending.setdefault(threading.get_ident(), {})[i] = output
+                pending = self._pending.setdefault(threading.get_ident(), {})
+                pending[i] = output
+                if self.on_forward is not None and len(pending) == len(self.layers):
+                    del self._pending[threading.get_ident()]
+                    self.on_forward([pending[j] for j in range(len(self.layers))])
 
         return seen
 
@@ -138,7 +145,7 @@ class ActivationTap:
         for watched, a in zip(self.layers, outputs):
             if a is None or not _compat.visible_in_current_graph(a):
                 return None
-            if a.shape.rank is None or a.shape[-1] != watched.units:
+            if getattr(a.shape, "rank", len(a.shape)) is None or a.shape[-1] != watched.units:
                 return None  # not the layer's output as watched
         return outputs
 
@@ -195,7 +202,7 @@ class ActivationHealth(_ActivationStatistic):
         super().__init__(setup)
         relu_units = sum(a.units for a in self.layers if a.kind == RELU)
         self.add_state("shares", [len(self.layers)])
-        self.add_state("steps", [], "int64")
+        self.add_state("steps", [], _step.WIDE_INT)
         self.add_state("alive", [max(relu_units, 1)], "bool", combine=ANY, initial=False)
         self._limits = _unit_limits(self.layers)
 
@@ -212,7 +219,7 @@ class ActivationHealth(_ActivationStatistic):
         counts, sizes = step.replica_sum([counts, sizes])
         out = {
             "shares": keras.ops.where(sizes > 0, counts / keras.ops.maximum(sizes, 1.0), 0.0),
-            "steps": keras.ops.ones([], "int64"),
+            "steps": keras.ops.ones([], _step.WIDE_INT),
         }
         if positive is not None:
             out["alive"] = step.replica_sum(positive) > 0
@@ -224,7 +231,8 @@ class ActivationHealth(_ActivationStatistic):
         # layer cost more than the tests themselves on small layers).
         low, high, segments, relu = self._limits
         flat = keras.ops.concatenate(outputs, axis=1)
-        flags = keras.ops.cast(keras.ops.logical_or(flat < low, flat > high), "float32")
+        flags = keras.ops.logical_or(keras.ops.less(flat, low), keras.ops.greater(flat, high))
+        flags = keras.ops.cast(flags, "float32")
         per_unit = keras.ops.sum(flags, axis=0)
         counts = keras.ops.segment_sum(per_unit, segments, len(self.layers))
         rows = keras.ops.cast(keras.ops.shape(flat)[0], "float32")
@@ -289,14 +297,14 @@ class ActivationHistogram(_ActivationStatistic):
         super().__init__(setup)
         shape = [len(self.layers), setup.bucket_count + 2]
         self.add_state("buckets", shape, combine=LAST)
-        self.add_state("steps", [], "int64")
+        self.add_state("steps", [], _step.WIDE_INT)
 
     def update(self, step, carry=None):
         if step.activations is None:
             return {}
         k = self.setup.bucket_count
         rows = [step_buckets(a, k, "float32") for a in step.activations]
-        return {"buckets": keras.ops.stack(rows), "steps": keras.ops.ones([], "int64")}
+        return {"buckets": keras.ops.stack(rows), "steps": keras.ops.ones([], _step.WIDE_INT)}
 
     def result(self, values, epoch):
         if not epoch.histograms or int(values["steps"]) == 0:

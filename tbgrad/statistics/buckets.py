@@ -12,6 +12,8 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from tbgrad import step as _step
+
 # TensorBoard's own default (tensorboard/plugins/histogram/summary_v2.py).
 DEFAULT_BUCKET_COUNT = 30
 
@@ -31,11 +33,12 @@ def histogram_buckets(data, bucket_count: int = DEFAULT_BUCKET_COUNT) -> np.ndar
     return to_buckets(np.concatenate([[lo, hi], counts]), bucket_count)
 
 
-def step_buckets(x, bucket_count: int, dtype="float64", zeros=0):
+def step_buckets(x, bucket_count: int, dtype=None, zeros=0):
     """``[lo, hi, count_1..count_k]`` of the finite entries of ``x`` and
     ``zeros`` more entries equal to 0 (the rows an embedding's sparse
     gradient leaves out), in the train step (a segment sum, which XLA
     compiles; a histogram op it does not)."""
+    dtype = dtype or _step.WIDE_FLOAT
     x = keras.ops.reshape(keras.ops.cast(x, dtype), [-1])
     finite = keras.ops.isfinite(x)
     lo = keras.ops.min(keras.ops.where(finite, x, np.inf))

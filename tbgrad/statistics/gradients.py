@@ -66,14 +66,14 @@ def _finite_moments(grads, counts):
     # the fewest ops, which is what tracing this rare branch costs. A
     # gradient's size is read when the branch runs: an embedding's rows are
     # fewer than its variable's entries (the others are zeros, finite).
-    held = keras.ops.stack([keras.ops.cast(keras.ops.size(g), "int64") for g in grads])
+    held = _sizes(grads)
     flat = keras.ops.concatenate(
-        [keras.ops.reshape(keras.ops.cast(g, "float64"), [-1]) for g in grads], axis=0
+        [keras.ops.reshape(keras.ops.cast(g, _step.WIDE_FLOAT), [-1]) for g in grads], axis=0
     )
     finite = keras.ops.isfinite(flat)
     flat = keras.ops.where(finite, flat, 0.0)
     columns = keras.ops.stack(
-        [keras.ops.abs(flat), flat, flat * flat, keras.ops.cast(finite, "float64")], axis=1
+        [keras.ops.abs(flat), flat, flat * flat, keras.ops.cast(finite, _step.WIDE_FLOAT)], axis=1
     )
     # The segment ids are made when the branch runs: as a constant they
     # would be one int64 per parameter in the graph, copied at every
@@ -81,8 +81,17 @@ def _finite_moments(grads, counts):
     segments = keras.ops.repeat(keras.ops.arange(len(grads), dtype="int32"), held, axis=0)
     sums = keras.ops.segment_sum(columns, segments, len(grads))
     sizes = np.array(counts, np.float64)
-    finite_entries = sums[:, 3] + (sizes - keras.ops.cast(held, "float64"))
+    finite_entries = sums[:, 3] + (sizes - keras.ops.cast(held, _step.WIDE_FLOAT))
     return _moments(sums[:, :3], finite_entries, sizes)
+
+
+def _sizes(grads):
+    # Each gradient's number of entries: numpy where every shape is known
+    # (JAX repeats by a concrete count only), else read when the step runs.
+    shapes = [tuple(g.shape) for g in grads]
+    if all(d is not None for shape in shapes for d in shape):
+        return np.array([int(np.prod(shape)) for shape in shapes], np.int64)
+    return keras.ops.stack([keras.ops.cast(keras.ops.size(g), _step.WIDE_INT) for g in grads])
 
 
 def found_record(values, names, what: str) -> dict | None:
@@ -100,8 +109,10 @@ def first_found(old, new):
 def found_at(index, bad):
     """``[index, first bad layer]`` where any of ``bad`` holds, else ``[-1, -1]``."""
     layer = keras.ops.argmax(keras.ops.cast(bad, "int32"))
-    value = keras.ops.stack([keras.ops.cast(index, "int64"), keras.ops.cast(layer, "int64")])
-    return keras.ops.where(keras.ops.any(bad), value, keras.ops.full([2], -1, "int64"))
+    value = keras.ops.stack(
+        [keras.ops.cast(index, _step.WIDE_INT), keras.ops.cast(layer, _step.WIDE_INT)]
+    )
+    return keras.ops.where(keras.ops.any(bad), value, keras.ops.full([2], -1, _step.WIDE_INT))
 
 
 class GradientMoments(Statistic):
@@ -150,8 +161,8 @@ class GradientMoments(Statistic):
         self.add_state("sums", [n, 3])
         self.add_state("last", [n], combine=LAST)
         self.add_state("peak", [n], combine=MAX)
-        self.add_state("steps", [], "int64")
-        self.add_state("first_bad", [2], "int64", combine=first_found, initial=-1)
+        self.add_state("steps", [], _step.WIDE_INT)
+        self.add_state("first_bad", [2], _step.WIDE_INT, combine=first_found, initial=-1)
 
     def update(self, step, carry=None):
         moments = layer_moments(step)
@@ -159,7 +170,7 @@ class GradientMoments(Statistic):
             "sums": moments[:, :3],
             "last": moments[:, MEAN_ABS],
             "peak": moments[:, MEAN_ABS],
-            "steps": keras.ops.ones([], "int64"),
+            "steps": keras.ops.ones([], _step.WIDE_INT),
             "first_bad": found_at(step.index, moments[:, NONFINITE] > 0),
         }
 
@@ -218,7 +229,7 @@ class GradientNorm(Statistic):
         n = len(setup.layers) + 1
         self.add_state("sums", [n])
         self.add_state("peak", [n], combine=MAX)
-        self.add_state("steps", [], "int64")
+        self.add_state("steps", [], _step.WIDE_INT)
 
     def update(self, step, carry=None):
         norms = layer_moments(step)[:, NORM]
@@ -227,7 +238,7 @@ class GradientNorm(Statistic):
         inverse = keras.ops.where(scale > 0, 1.0 / keras.ops.maximum(scale, 1e-30), 0.0)
         total = scale * keras.ops.sqrt(keras.ops.sum(keras.ops.square(norms * inverse)))
         norms = keras.ops.concatenate([norms, keras.ops.reshape(total, [1])], axis=0)
-        return {"sums": norms, "peak": norms, "steps": keras.ops.ones([], "int64")}
+        return {"sums": norms, "peak": norms, "steps": keras.ops.ones([], _step.WIDE_INT)}
 
     def result(self, values, epoch):
         steps = int(values["steps"])
@@ -257,15 +268,17 @@ class GradientHistogram(Statistic):
 
     def __init__(self, setup):
         super().__init__(setup)
-        self.add_state("buckets", [len(setup.layers), setup.bucket_count + 2], "float64", LAST)
-        self.add_state("steps", [], "int64")
+        self.add_state(
+            "buckets", [len(setup.layers), setup.bucket_count + 2], _step.WIDE_FLOAT, LAST
+        )
+        self.add_state("steps", [], _step.WIDE_INT)
 
     def update(self, step, carry=None):
         k = self.setup.bucket_count
         rows = keras.ops.stack(
             [step_buckets(g, k, zeros=z) for g, z in zip(step.gradients, step.absent)]
         )
-        return {"buckets": rows, "steps": keras.ops.ones([], "int64")}
+        return {"buckets": rows, "steps": keras.ops.ones([], _step.WIDE_INT)}
 
     def result(self, values, epoch):
         if not epoch.histograms or int(values["steps"]) == 0:

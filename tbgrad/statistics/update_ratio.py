@@ -35,7 +35,8 @@ class UpdateRatio(Statistic):
     families = (
         Family(
             tags.UPDATE_RATIO,
-            "\\|\\|Δw\\|\\| / \\|\\|w\\|\\| per step, epoch mean (near 1e-3 is usual; not for embeddings)",
+            "\\|\\|Δw\\|\\| / \\|\\|w\\|\\| per step, epoch mean (near 1e-3 is usual; "
+            "not for embeddings)",
             boards="Scalars, Gradient flow",
             scale="log",
             explains=True,
@@ -58,8 +59,8 @@ class UpdateRatio(Statistic):
         self.at = [i for i, layer in enumerate(setup.layers) if not is_embedding(layer.kernel)]
         self.names = [setup.names[i] for i in self.at]
         self.add_state("sums", [len(self.at)])
-        self.add_state("steps", [], "int64")
-        self.add_state("first_bad", [2], "int64", combine=first_found, initial=-1)
+        self.add_state("steps", [], _step.WIDE_INT)
+        self.add_state("first_bad", [2], _step.WIDE_INT, combine=first_found, initial=-1)
 
     def before(self, step):
         # A read is a snapshot: TensorFlow copies a variable's buffer before
@@ -88,7 +89,7 @@ class UpdateRatio(Statistic):
         return {
             # A weight turned NaN or Inf gives NaN, whatever its max reads.
             "sums": keras.ops.where(bad, np.nan, ratio),
-            "steps": keras.ops.ones([], "int64"),
+            "steps": keras.ops.ones([], _step.WIDE_INT),
             "first_bad": found_at(step.index, bad),
         }
 

@@ -242,3 +242,49 @@ def test_a_tensor_of_the_outer_graph_is_visible_in_a_cond_branch():
 
     step(tf.constant([1.0]))
     assert seen == [True, True, False]
+
+
+def test_producer_walks_a_functional_graph_from_its_output():
+    inputs = keras.Input((3,), name="x")
+    hidden = keras.layers.Dense(4, name="hidden")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(1, name="head")(hidden))
+    (output,) = _compat.symbolic_outputs(model)
+    operation, fed = _compat.producer(output)
+    assert operation.name == "head" and fed[0] is hidden
+    assert _compat.producer(inputs)[1] == []  # an input: nothing feeds it
+    # A Sequential's graph is its functional model's; a subclassed model has none.
+    assert len(_compat.symbolic_outputs(_model())) == 1
+    assert _compat.symbolic_outputs(keras.Model()) == []
+
+
+@pytest.mark.parametrize("where", ["optimizer", "model"])
+def test_tracked_state_rides_along_but_is_never_saved(where):
+    # On JAX the statistics' state must be among the optimizer's (or the
+    # model's non-trainable) variables to be carried by fit's step; what
+    # Keras saves stays its own, and untracking restores both.
+    model = _model()
+    optimizer = keras.optimizers.SGD()
+    optimizer.build(model.trainable_variables)
+    owner = optimizer if where == "optimizer" else model
+    listed = (
+        (lambda: owner.variables)
+        if where == "optimizer"
+        else (lambda: owner.non_trainable_variables)
+    )
+    state = [keras.Variable(np.zeros(2, "float32"), trainable=False, name="tbgrad_state")]
+    track, untrack = {
+        "optimizer": (_compat.track_in_optimizer, _compat.untrack_from_optimizer),
+        "model": (_compat.track_in_model, _compat.untrack_from_model),
+    }[where]
+    before = [id(v) for v in listed()]
+    saved_before = {}
+    owner.save_own_variables(saved_before)
+    track(owner, state)
+    assert id(state[0]) in [id(v) for v in listed()]
+    saved = {}
+    owner.save_own_variables(saved)
+    assert saved.keys() == saved_before.keys()
+    assert [id(v) for v in listed()][: len(before)] == before  # restored after saving
+    untrack(owner, state)
+    assert [id(v) for v in listed()] == before
+    assert "save_own_variables" not in vars(owner)
