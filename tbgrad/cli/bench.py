@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 
+from tbgrad._validate import TENSORFLOW, check_configured_keras_backend
 from tbgrad.cli import common as cli
 from tbgrad.lab.bench import (
     AA,
@@ -100,6 +101,23 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     return p
 
 
+# The variants that train with TensorFlow's own loops (a GradientTape).
+TENSORFLOW_VARIANTS = ("tape", "tape+xla", "eager_ref")
+
+
+def _backend_variants(backend: str, args, argv) -> list[str]:
+    # On JAX and PyTorch: fit's variants; the tape loops and the bare
+    # compiled step are TensorFlow's.
+    asked = [v for v in args.variants if v in TENSORFLOW_VARIANTS]
+    if args.train_step or (asked and "--variants" in argv):
+        what = "--train-step" if args.train_step else f"--variants {' '.join(asked)}"
+        raise ValueError(
+            f"{what} needs Keras's TensorFlow backend; on {backend} bench times fit. "
+            f"Received: backend={backend!r}"
+        )
+    return [v for v in args.variants if v not in TENSORFLOW_VARIANTS]
+
+
 def _at_least_two(text: str) -> int:
     value = cli.positive_int(text)
     if value < 2:
@@ -110,6 +128,13 @@ def _at_least_two(text: str) -> int:
 def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     args = build_parser(prog).parse_args(argv)
     args.load_start = load_average()
+    try:
+        backend = check_configured_keras_backend(prog)
+        if backend != TENSORFLOW:
+            given = list(sys.argv[1:] if argv is None else argv)
+            args.variants = _backend_variants(backend, args, given)
+    except ValueError as err:
+        return cli.fail(prog, str(err))
     cli.import_tensorflow_quietly()
     variants = [v for v in VARIANTS if v in {FLOOR, AA, *args.variants}]
 

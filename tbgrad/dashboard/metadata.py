@@ -1,9 +1,13 @@
 """What the Gradient-flow plugin reads besides the scalars: the layer order.
 
 TensorBoard's data provider lists a run's tags as an unordered mapping, so
-the order of the model's layers (input to output) is written once per run,
-at step 0 of ``train/``, as a summary owned by this plugin: a string tensor
-holding ``{"layers": [...]}`` as JSON. A run that holds it is a tbgrad run.
+the order of the model's tracked variables (input first) is written once
+per run, at step 0 of ``train/``, as a summary owned by this plugin: a
+string tensor holding ``{"layers": [...], "kernels": [...]}`` as JSON.
+``kernels`` are the weight matrices the ratios and the verdict compare, in
+model order with the reference (the matrix that produces the model's
+output) last, wherever it is in ``layers``: a language model's tied token
+embedding is first there. A run that holds it is a tbgrad run.
 """
 
 from __future__ import annotations
@@ -34,8 +38,9 @@ def create_summary_metadata() -> summary_pb2.SummaryMetadata:
 def layers_content(names: Sequence[str], kernels: Sequence[str] | None = None) -> bytes:
     """The tensor value of the layer-order summary for ``names``.
 
-    ``kernels`` are the names among them that are layers' kernels (the
-    verdict compares those only); None means all of them.
+    ``kernels`` are the weight matrices among them that the verdict
+    compares, in model order with the reference last; None means all of
+    ``names``, the last one the reference.
     """
     content = {"layers": list(names)}
     if kernels is not None:
@@ -49,7 +54,8 @@ def parse_layers(value: bytes) -> list[str]:
 
 
 def parse_kernels(value: bytes) -> list[str] | None:
-    """The kernels' names of a layer-order summary's value; None if it lists none."""
+    """The compared matrices of a layer-order summary's value, the reference
+    last; None if it lists none."""
     kernels = json.loads(value.decode() if isinstance(value, bytes) else value).get("kernels")
     return None if kernels is None else list(kernels)
 

@@ -11,26 +11,37 @@ read through ``context.data_provider``, so the plugin works with both
 Routes (all GET, all JSON except ``/index.js``):
 
 ``/runs``
-    ``[{"run", "name", "layers", "layer_order", "epochs", "statistics",
+    ``[{"run", "name", "layers", "layer_order", "reference", "epochs", "statistics",
     "verdict": {"label", "reason", "weakest_ratio", "strongest_ratio", "explanation"},
     "weakest_layer", "weakest_layer_ratio", "config"}, ...]`` sorted by name;
     ``[]`` when the log folder holds no tbgrad run. ``run`` is TensorBoard's
     run (``<run>/train``), ``name`` the run folder, ``layers`` the model order
-    (input first, output last), ``layer_order`` ``"summary"`` when it comes
+    (input first), ``layer_order`` ``"summary"`` when it comes
     from the ``tbgrad/layers`` summary, ``"natural"`` when it is guessed
-    from the tag names (natural sort, ``output`` last). ``config`` is the
+    from the tag names (natural sort, ``output`` last). ``reference`` is the
+    matrix every ratio is relative to (:func:`reference_layer`: the one that
+    produces the model's output, a language model's head; it need not be
+    last in model order). ``weakest_layer`` is the compared matrix, not an
+    embedding, with the smallest median ratio of mean |g| to the
+    reference's (``null`` for a model of repeated blocks, whose verdict
+    compares each kind of matrix along depth instead). ``config`` is the
     run folder's HParams as ``[[name, value], ...]`` in the order written
     (``[]`` without HParams): every field, where the HParams dashboard ticks
     only five. ``explanation`` is :meth:`tbgrad.verdict.Explanation.to_dict`:
     the rule, the layers and epochs concerned, the supporting signals and
     what to try, with the run's HParams (``act``, ``init``) when it has them.
 ``/heatmap?run=R&stat=S[&relative=1]``
-    ``{"run", "name", "stat", "relative", "scale", "layers", "epochs",
-    "values"}``: ``values[i][j]`` is the raw value (not its log) of
-    ``S/<layers[i]>`` at step ``epochs[j]``, divided by the output layer's
-    value of the same epoch when ``relative``; ``null`` where the value is
-    NaN, Inf or was not logged. ``scale`` is ``"log"`` or ``"linear"``, the
-    colour scale the frontend uses.
+    ``{"run", "name", "stat", "relative", "scale", "layers", "kinds",
+    "blocks", "reference", "epochs", "values"}``: ``values[i][j]`` is the
+    raw value (not its log) of ``S/<layers[i]>`` at step ``epochs[j]``,
+    divided by the reference's value of the same epoch when ``relative``;
+    ``null`` where the value is NaN, Inf or was not logged. ``scale`` is
+    ``"log"`` or ``"linear"``, the colour scale the frontend uses. The rows
+    are in display order (:func:`display_order`): model order, each repeated
+    block's rows together, blocks in the order of their index, the reference
+    last. ``kinds[i]`` is :func:`matrix_kind` of ``layers[i]`` (one of
+    :data:`KINDS`), ``blocks[i]`` its block (:func:`block_names`; ``null``
+    outside a repeated block, and for the reference).
 ``/heatmaps?run=R1&run=R2&stat=S[&relative=1]``
     ``{"stat", "relative", "scale", "runs": [heatmap, ...]}``: several runs
     in one request, with one ``scale`` for all (the shared colour scale).
@@ -44,7 +55,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,12 +116,14 @@ class RunInfo:
     Attributes:
         run: TensorBoard's name of the run's train folder (``<run>/train``).
         name: The run folder, relative to the log folder.
-        layers: Layer names in model order, input first, output last.
+        layers: Tag names in model order, input first.
         layer_order: ``"summary"`` or ``"natural"`` (see the module docs).
         statistics: Per-layer scalar families present, in selector order.
         tags: Every scalar tag of the train folder.
-        kernels: The names in ``layers`` that are layers' kernels, which the
-            verdict compares (None: all of them).
+        kernels: The weight matrices among ``layers`` that the verdict
+            compares, in model order with the reference (the matrix that
+            produces the model's output) last; None: all of ``layers``, the
+            last one the reference.
     """
 
     run: str
@@ -120,6 +133,19 @@ class RunInfo:
     statistics: list[str] = field(default_factory=list)
     tags: frozenset[str] = frozenset()
     kernels: list[str] | None = None
+
+    @property
+    def compared(self) -> list[str]:
+        """The matrices the verdict compares, reference last (see ``kernels``)."""
+        if self.kernels is None:
+            return list(self.layers)
+        present = set(self.layers)
+        return [name for name in self.kernels if name in present]
+
+    @property
+    def reference(self) -> str | None:
+        """The reference: the matrix every ratio is relative to."""
+        return reference_layer(self)
 
     @property
     def validation_run(self) -> str | None:
@@ -207,28 +233,195 @@ def value_matrix(info: RunInfo, stat: str, data: Mapping[str, Sequence]) -> tupl
 def heatmap(info: RunInfo, stat: str, relative: bool, data: Mapping[str, Sequence]) -> dict:
     """The ``/heatmap`` payload of one run, without the request-wide fields."""
     epochs, values = value_matrix(info, stat, data)
+    reference = info.reference
     if relative and len(values):
-        # The output layer: the last kernel in model order (with
-        # variables="all" its bias and other variables follow it); x / 0 and
-        # 0 / 0 become null.
-        reference = output_row(info)
+        # x / 0 and 0 / 0 become null.
+        row = info.layers.index(reference)
         with np.errstate(divide="ignore", invalid="ignore"):
-            values = values / values[reference : reference + 1, :]
+            values = values / values[row : row + 1, :]
+    order, kinds, blocks = rows(info)
     return {
         "run": info.run,
         "name": info.name,
-        "layers": list(info.layers),
+        "layers": [info.layers[i] for i in order],
+        "kinds": kinds,
+        "blocks": blocks,
+        "reference": reference,
         "epochs": epochs,
-        "values": [[finite_or_none(v) for v in row] for row in values],
+        # tolist() turns the floats into Python's at C speed; NaN and Inf
+        # become None after it, as JSON has neither.
+        "values": [
+            [v if math.isfinite(v) else None for v in row] for row in values[order].tolist()
+        ],
     }
 
 
-def output_row(info: RunInfo) -> int:
-    """The row of the output layer's kernel among ``info.layers``."""
-    rows = [
-        i for i, layer in enumerate(info.layers) if info.kernels is None or layer in info.kernels
+def reference_layer(info: RunInfo) -> str | None:
+    """The reference row's name: the last of the compared matrices.
+
+    The layer-order summary lists the compared matrices with the reference
+    (the matrix that produces the model's output, found from the model's
+    graph) last, wherever it is in model order: a language model's tied
+    token embedding is first in model order. Without the summary, the last
+    layer in natural order (``output`` sorts last). None without layers.
+    """
+    compared = info.compared
+    if compared:
+        return compared[-1]
+    return info.layers[-1] if info.layers else None
+
+
+# -- rows at scale: kinds, blocks, display order ---------------------------------
+
+# The kinds of matrix the frontend filters by, in the order it lists them.
+ATTENTION, FEED_FORWARD, EMBEDDING, HEAD, OTHER = KINDS = (
+    "attention",
+    "feed-forward",
+    "embedding",
+    "head",
+    "other",
+)
+# Path components that name an attention projection (a LoRA factor's kind is
+# its projection's: ``query/lora_kernel_a``) or a feed-forward kernel.
+_ATTENTION_PART = re.compile(
+    r"attention|attn|^(query|key|value|qkv|query_key_value|[qkvo]_proj|out_proj)$"
+)
+_FEED_FORWARD_PART = re.compile(
+    r"feed_?forward|ffn|ffw|mlp|intermediate|output_dense|^(gate|up|down)_proj$|^fc_?[12]$"
+)
+# A path component ``<stem>_<index>``: one of a model's repeated blocks.
+_BLOCK_PART = re.compile(r"^(.+)_(\d+)$")
+
+
+def matrix_kind(name: str, reference: str | None = None) -> str:
+    """The kind of the tracked matrix ``name``, one of :data:`KINDS`.
+
+    ``"head"`` is the reference; ``"embedding"`` a name with a component
+    that ends in ``embedding``/``embeddings`` (token, position and patch
+    embeddings, an untied head's ``reverse_embeddings`` when it is not the
+    reference); ``"attention"`` the query, key, value and output
+    projections (and their LoRA factors); ``"feed-forward"`` a block's
+    intermediate and output dense kernels, MLP and FFN kernels; the rest
+    ``"other"`` (an MLP's hidden layers, convolutions, biases...).
+
+    Example:
+        >>> matrix_kind("transformer_layer_3/self_attention/query/lora_kernel_a")
+        'attention'
+    """
+    if name == reference:
+        return HEAD
+    parts = name.lower().split("/")
+    if any(re.search(r"embeddings?$|lora_embeddings_[ab]$", p) for p in parts):
+        return EMBEDDING
+    if any(_ATTENTION_PART.search(p) for p in parts):
+        return ATTENTION
+    if any(_FEED_FORWARD_PART.search(p) for p in parts):
+        return FEED_FORWARD
+    return OTHER
+
+
+def block_names(names: Sequence[str], matrices: Sequence[str] | None = None) -> list[str | None]:
+    """The repeated block each of ``names`` belongs to, or None.
+
+    A block is a path ``.../<stem>_<index>`` that encloses some of the
+    weight ``matrices`` (default: ``names``) and whose ``<stem>`` has at
+    least two indices: ``transformer_layer_0`` .. ``transformer_layer_11``.
+    A path component that is the whole name of every matrix carrying it is
+    a layer, not a block: an MLP's ``hidden_1`` .. ``hidden_5`` form no
+    block, even with their biases ``hidden_1/bias`` tracked. A name in
+    several blocks belongs to the outermost.
+
+    Example:
+        >>> block_names(["emb/embeddings", "layer_0/query", "layer_1/query"])
+        [None, 'layer_0', 'layer_1']
+    """
+    indices: dict[str, set[str]] = {}
+    for name in names if matrices is None else matrices:
+        parts = name.split("/")
+        for k, part in enumerate(parts[:-1]):
+            match = _BLOCK_PART.match(part)
+            if match:
+                stem = "/".join([*parts[:k], match.group(1)])
+                indices.setdefault(stem, set()).add(match.group(2))
+    repeated = {stem for stem, found in indices.items() if len(found) >= 2}
+    out: list[str | None] = []
+    for name in names:
+        parts = name.split("/")
+        block = None
+        for k, part in enumerate(parts):
+            match = _BLOCK_PART.match(part)
+            if match and "/".join([*parts[:k], match.group(1)]) in repeated:
+                block = "/".join(parts[: k + 1])
+                break
+        out.append(block)
+    return out
+
+
+def display_order(
+    names: Sequence[str],
+    blocks: Sequence[str | None],
+    reference: str | None,
+    compared: Collection[str] = (),
+) -> list[int]:
+    """The rows' order: indices into ``names`` (in model order).
+
+    Model order, but each repeated block's rows together and the blocks of
+    one stem in the natural order of their index (``layer_2`` before
+    ``layer_10``), placed where that stem first appears; the reference and
+    its own variables that are not ``compared`` (``output/bias``) last, so
+    the head row is at the bottom wherever the model holds it (a tied token
+    embedding is first in model order).
+    """
+    tail = reference_rows(names, reference, compared)
+    moved = set(tail)
+    members: dict[str, list[int]] = {}
+    for i, block in enumerate(blocks):
+        if block is not None and i not in moved:
+            members.setdefault(block, []).append(i)
+    stems: dict[str, list[str]] = {}
+    for block in members:
+        stems.setdefault(block.rsplit("_", 1)[0], []).append(block)
+    order, placed = [], set()
+    for i, block in enumerate(blocks):
+        if i in moved:
+            continue
+        if block is None:
+            order.append(i)
+            continue
+        stem = block.rsplit("_", 1)[0]
+        if stem not in placed:
+            placed.add(stem)
+            for b in sorted(stems[stem], key=natural_key):
+                order.extend(members[b])
+    return order + tail
+
+
+def reference_rows(
+    names: Sequence[str], reference: str | None, compared: Collection[str] = ()
+) -> list[int]:
+    """The rows of the reference and of its own variables that are not
+    ``compared`` (``output/bias`` of the reference ``output``)."""
+    if reference is None:
+        return []
+    compared = set(compared)
+    own = reference + "/"
+    return [
+        i
+        for i, name in enumerate(names)
+        if name == reference or (name.startswith(own) and name not in compared)
     ]
-    return rows[-1] if rows else len(info.layers) - 1
+
+
+def rows(info: RunInfo) -> tuple[list[int], list[str], list[str | None]]:
+    """``(order, kinds, blocks)`` of a run's heatmap rows: :func:`display_order`
+    of ``info.layers``, and each row's :func:`matrix_kind` and block (None for
+    the reference and its own variables, shown apart at the bottom)."""
+    reference, compared = info.reference, info.compared
+    blocks = block_names(info.layers, compared)
+    order = display_order(info.layers, blocks, reference, compared)
+    kinds = [matrix_kind(info.layers[i], reference) for i in order]
+    apart = set(reference_rows(info.layers, reference, compared))
+    return order, kinds, [None if i in apart else blocks[i] for i in order]
 
 
 def colour_scale(stat: str, maps: Iterable[dict]) -> str:
@@ -246,11 +439,15 @@ def colour_scale(stat: str, maps: Iterable[dict]) -> str:
 
 
 def weakest_layer(series: Mapping[str, Sequence[float]]) -> tuple[str | None, float | None]:
-    """The hidden layer with the smallest median ratio of mean |g| to the output layer's.
+    """The compared matrix with the smallest median ratio of mean |g| to the reference's.
+
+    Embeddings are left out while another matrix remains: an embedding's
+    mean |g| is small by nature (a batch moves only its tokens' rows, and
+    the mean runs over the whole vocabulary), so it would always be named.
 
     Args:
-        series: ``{layer: grad_mean_abs per epoch}`` in model order, output
-            last, every list over the same epochs.
+        series: ``{layer: grad_mean_abs per epoch}`` in model order, the
+            reference last, every list over the same epochs.
 
     Returns:
         ``(layer, median ratio)``, or ``(None, None)`` with fewer than two
@@ -264,7 +461,8 @@ def weakest_layer(series: Mapping[str, Sequence[float]]) -> tuple[str | None, fl
         # 0 / 0 (no gradient anywhere) counts as vanished, as in verdict.judge.
         quotients = np.nan_to_num(g[:, :-1] / g[:, -1:], nan=0.0)
     medians = np.median(quotients, axis=0)
-    i = int(np.argmin(medians))
+    candidates = [i for i, n in enumerate(names[:-1]) if matrix_kind(n) != EMBEDDING]
+    i = min(candidates or range(len(medians)), key=lambda k: medians[k])
     return names[i], finite_or_none(medians[i])
 
 
@@ -287,15 +485,13 @@ def run_summary(
         first_nonfinite: ``(epoch, text)`` of the run's ``first_nonfinite``
             tag, for the explanation of a non-finite verdict.
     """
+    # The compared matrices, reference last, as verdict.judge wants them
+    # (model order would put a tied token embedding, the head, first).
     gma = {
         layer: series_by_step(train.get(tags.layer_tag(tags.GRAD_MEAN_ABS, layer), ()))
-        for layer in info.layers
+        for layer in info.compared
     }
-    gma = {
-        layer: s
-        for layer, s in gma.items()
-        if s and (info.kernels is None or layer in info.kernels)
-    }
+    gma = {layer: s for layer, s in gma.items() if s}
     # Epochs every layer has: a run read while it is written can hold the
     # newest epoch for some layers only, and judge() wants equal lengths.
     common = sorted(set.intersection(*(set(s) for s in gma.values()))) if gma else []
@@ -303,12 +499,18 @@ def run_summary(
     found = _judge(info, series, train, validation)
     scalars = {tag: series_by_step(data) for tag, data in train.items()}
     explanation = verdict.explain_figures(found, series, common, scalars, config, first_nonfinite)
-    layer, ratio = weakest_layer(series)
+    # A model of repeated blocks has no single weakest layer to name: its
+    # kinds of matrix differ by nature (a query gets far less than its
+    # value), so the verdict compares each kind along depth and its
+    # explanation names the blocks.
+    blocked = any(block is not None for block in block_names(list(series)))
+    layer, ratio = (None, None) if blocked else weakest_layer(series)
     return {
         "run": info.run,
         "name": info.name,
         "layers": list(info.layers),
         "layer_order": info.layer_order,
+        "reference": info.reference,
         "epochs": len(common),
         "statistics": list(info.statistics),
         "verdict": {

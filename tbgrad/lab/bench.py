@@ -889,6 +889,7 @@ def environment() -> dict[str, str]:
         "python": platform.python_version(),
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
+        "keras_backend": keras.backend.backend(),
         "tensorboard": tensorboard.__version__,
         "nproc": str(os.cpu_count()),
         "machine": platform.machine(),

@@ -7,6 +7,11 @@
 // Nothing else is fetched: no CDN, no build step. Colours are viridis,
 // interpolated between 17 stops of matplotlib's table, on ONE scale shared by
 // every run shown, so a dark band in one run means the same as in another.
+//
+// At scale (hundreds of matrices) the rows come from the server in display
+// order with each row's kind and repeated block (plugin.py decides both from
+// the names); here a block can be collapsed into one row, the per-epoch
+// median of its rows shown, and rows are filtered by kind.
 
 const SVG_NS = 'http://www.w3.org/2000/svg';
 const VIRIDIS = [
@@ -25,6 +30,12 @@ const LABEL_FONT = 12;
 const MEDIAN_WIDTH = 64; // the column of row medians right of a map
 const ROW_GAP = 2;
 const CLIP_QUANTILE = 0.01;
+// A run with more rows than this opens with its blocks collapsed.
+const AUTO_COLLAPSE_ROWS = 40;
+const INDENT = 16; // a block's rows under its name
+// plugin.py's KINDS, in the order the filter lists them.
+const KINDS = ['attention', 'feed-forward', 'embedding', 'head', 'other'];
+const REFERENCE_MARK = '◆';
 const SUPERSCRIPT = {'-': '⁻', '0': '⁰', '1': '¹', '2': '²', '3': '³', '4': '⁴',
   '5': '⁵', '6': '⁶', '7': '⁷', '8': '⁸', '9': '⁹'};
 
@@ -67,13 +78,28 @@ const STYLE = `
   svg text.weakest { font-weight: 700; fill: #8c2f1f; }
   svg text.head { fill: #777; font-size: 11px; }
   svg text.median { fill: #555; font-size: 11px; }
+  svg text.block { font-weight: 500; fill: #1a1a1a; cursor: pointer; }
+  svg text.block:hover { fill: #2d4a7a; text-decoration: underline; }
+  svg text.reference, svg text.mark { font-weight: 700; fill: #2d4a7a; }
+  svg text.block.weakest { fill: #8c2f1f; }
+  svg .separator { stroke: #9aa7bd; stroke-width: 1; stroke-dasharray: 3 2; }
+  svg .bracket { stroke: #c5c5c5; stroke-width: 1; }
+  .row-controls { display: flex; flex-wrap: wrap; gap: 6px 16px; align-items: center;
+    padding: 8px 0 2px; }
+  .row-controls label { white-space: nowrap; cursor: pointer; }
+  .row-controls .count { color: #777; }
+  .rows-note { color: #555; font-size: 12px; margin: 0 0 4px; }
   svg text.tick { font-size: 12px; }
   .legend-title { line-height: 1.3; }
   button { font: inherit; padding: 1px 10px; cursor: pointer; }
 `;
 
 // Everything the page shows; render() fills it, the controls change it.
-const state = {runs: [], stat: null, relative: false, selected: new Set(), maps: null};
+// hiddenKinds and collapsed hold what the user unticked and folded (kinds
+// and block names), so a new kind or block shows; seen holds the runs whose
+// blocks were folded once already because they have many rows.
+const state = {runs: [], stat: null, relative: false, selected: new Set(), maps: null,
+  hiddenKinds: new Set(), collapsed: new Set(), seen: new Set()};
 let root = null;
 let tooltip = null;
 
@@ -115,8 +141,8 @@ async function loadRuns() {
   const names = new Set(runs.map((r) => r.run));
   state.selected = new Set([...state.selected].filter((r) => names.has(r)));
   if (!state.selected.size) runs.slice(0, MAX_DEFAULT_RUNS).forEach((r) => state.selected.add(r.run));
-  root.replaceChildren(header(), controls(stats), el('div', {class: 'legend', id: 'legend'}),
-    el('div', {class: 'panels', id: 'panels'}));
+  root.replaceChildren(header(), controls(stats), el('div', {class: 'row-controls', id: 'row-controls'}),
+    el('div', {class: 'legend', id: 'legend'}), el('div', {class: 'panels', id: 'panels'}));
   await loadMaps();
 }
 
@@ -124,8 +150,10 @@ function header() {
   return el('div', {}, [
     el('h1', {}, 'Gradient flow'),
     el('p', {class: 'lede'},
-      'One map per run: a row per layer, input layer at the top, output layer at the bottom; ' +
-      'a column per epoch. Colour is log10 of the statistic (linear for weight_mean, ' +
+      'One map per run: a row per tracked variable in model order, input at the top; a model\'s ' +
+      'repeated blocks are grouped in the order of their index, and the reference row ' +
+      `(${REFERENCE_MARK} head: the matrix that produces the output, which the ratios are relative to) ` +
+      'is at the bottom; a column per epoch. Colour is log10 of the statistic (linear for weight_mean, ' +
       'grad_nonfinite and grad_log10_ratio, already a log), on one scale for every run shown, so a dark band in grad_mean_abs is a ' +
       'layer the gradient hardly reaches (vanishing), whatever the run. Hover a cell for its value.'),
     el('p', {class: 'lede', id: 'update-ratio-reference'},
@@ -161,7 +189,7 @@ function controls(stats) {
   reload.addEventListener('click', loadRuns);
   return el('div', {class: 'controls'}, [
     el('label', {}, ['Statistic ', select]),
-    el('label', {id: 'relative-label'}, [relative, ' relative to output layer']),
+    el('label', {id: 'relative-label'}, [relative, ` relative to the reference (${REFERENCE_MARK} head)`]),
     el('div', {class: 'runs'}, runBoxes),
     reload,
   ]);
@@ -172,7 +200,7 @@ async function loadMaps() {
   const box = document.getElementById('relative');
   box.disabled = linear;
   document.getElementById('relative-label').title = linear
-    ? `${state.stat} is signed or a count: no ratio to the output layer` : '';
+    ? `${state.stat} is signed or a count: no ratio to the reference` : '';
   const shown = state.runs.filter((r) => state.selected.has(r.run));
   const withStat = shown.filter((r) => r.statistics.includes(state.stat));
   state.maps = null;
@@ -181,6 +209,7 @@ async function loadMaps() {
     withStat.forEach((r) => params.append('run', r.run));
     try {
       state.maps = await getJson('./heatmaps?' + params);
+      foldLargeRuns(state.maps.runs);
     } catch (err) {
       document.getElementById('panels').replaceChildren(
         el('p', {class: 'note error'}, `Could not read ${state.stat}: ${err.message}`));
@@ -198,11 +227,13 @@ function drawPanels() {
   const shown = state.runs.filter((r) => state.selected.has(r.run));
   if (!shown.length) {
     document.getElementById('legend').replaceChildren();
+    document.getElementById('row-controls').replaceChildren();
     panels.replaceChildren(el('p', {class: 'note'}, 'No run selected.'));
     return;
   }
   const maps = new Map((state.maps ? state.maps.runs : []).map((m) => [m.run, m]));
   const scale = makeScale(state.maps, [...maps.values()]);
+  document.getElementById('row-controls').replaceChildren(...rowControls([...maps.values()]));
   document.getElementById('legend').replaceChildren(...legend(scale));
   const width = panelWidth(shown.length);
   panels.replaceChildren(...shown.map((run) => panel(run, maps.get(run.run), scale, width)));
@@ -219,7 +250,7 @@ function panel(run, map, scale, width) {
   const weakest = run.weakest_layer
     ? [' weakest layer ', el('b', {}, run.weakest_layer),
       run.weakest_layer_ratio != null
-        ? `: its mean |g| is ${fmt(run.weakest_layer_ratio)} × the output layer's (median over epochs)` : '']
+        ? `: its mean |g| is ${fmt(run.weakest_layer_ratio)} × the reference's (median over epochs)` : '']
     : [];
   const body = map ? heatmap(run, map, scale, width)
     : el('p', {class: 'note'}, `${state.stat} is not logged in this run.`);
@@ -230,6 +261,7 @@ function panel(run, map, scale, width) {
       ? ' · layer order guessed from the names (no tbgrad/layers summary)' : '')),
     ...(verdict.explanation ? [explanation(verdict.explanation)] : []),
     ...(run.config && run.config.length ? [configLine(run.config)] : []),
+    ...(map ? [rowsNote(map)] : []),
     body,
   ]);
 }
@@ -251,32 +283,175 @@ function configLine(config) {
 }
 
 function heatmap(run, map, scale, width) {
-  const layers = map.layers;
-  const labelWidth = Math.ceil(Math.max(...layers.map((l) => l.length)) * LABEL_FONT * 0.62) + 14;
-  const rowHeight = Math.max(14, Math.min(60, Math.floor(380 / Math.max(1, layers.length))));
-  const plot = {x: labelWidth, y: 18, w: Math.max(60, width - labelWidth - MEDIAN_WIDTH), h: rowHeight * layers.length};
+  const rows = displayRows(map);
+  if (!rows.length) return el('p', {class: 'note'}, 'Every row of this run is filtered out.');
+  // With blocks the labels form a tree (a block's name, its rows indented
+  // under it); without, they stay right-aligned against the map.
+  const tree = map.blocks.some((b) => b != null);
+  const chars = (r) => r.label.length + (tree && r.indent ? INDENT / (LABEL_FONT * 0.62) : 0) +
+    (r.reference ? 2 : 0);
+  const labelWidth = Math.ceil(Math.max(...rows.map(chars)) * LABEL_FONT * 0.62) + 14;
+  const rowHeight = Math.max(14, Math.min(60, Math.floor(380 / Math.max(1, rows.length))));
+  const plot = {x: labelWidth, y: 18, w: Math.max(60, width - labelWidth - MEDIAN_WIDTH), h: rowHeight * rows.length};
   const columns = Math.max(1, map.epochs.length);
   const cw = plot.w / columns;
   const chart = svg('svg', {width, height: plot.y + plot.h + 40, class: 'map'});
   const cells = svg('g', {'shape-rendering': 'crispEdges'});
-  map.values.forEach((row, i) => drawRow(cells, row, plot.x, plot.y + i * rowHeight, cw, rowHeight, scale));
+  rows.forEach((r, i) => { if (r.values) drawRow(cells, r.values, plot.x, plot.y + i * rowHeight, cw, rowHeight, scale); });
   chart.appendChild(cells);
   chart.appendChild(svg('text', {x: plot.x + plot.w + 8, y: plot.y - 6, class: 'head'}, 'median'));
-  layers.forEach((layer, i) => {
+  rows.forEach((r, i) => {
     const y = plot.y + (i + 0.5) * rowHeight;
-    const weakest = layer === run.weakest_layer ? ' weakest' : '';
-    chart.appendChild(svg('text', {x: plot.x - 8, y, 'text-anchor': 'end', 'dominant-baseline': 'central',
-      class: 'layer' + weakest}, layer));
+    const weakest = r.layers.includes(run.weakest_layer) ? ' weakest' : '';
+    chart.appendChild(rowLabel(r, tree, plot, y, weakest));
+    if (r.type === 'header') {
+      // The block's rows hang from its name.
+      const x = 4 + INDENT / 2;
+      chart.appendChild(svg('line', {x1: x, x2: x, y1: y + rowHeight / 2 - 2, y2: y + (r.size + 0.5) * rowHeight - 2,
+        class: 'bracket'}));
+    }
+    if (r.reference && i > 0) {
+      chart.appendChild(svg('line', {x1: 0, x2: plot.x + plot.w, y1: plot.y + i * rowHeight,
+        y2: plot.y + i * rowHeight, class: 'separator'}));
+    }
     // The row's median, so that the colours can be read as numbers too.
-    chart.appendChild(svg('text', {x: plot.x + plot.w + 8, y, 'dominant-baseline': 'central',
-      class: 'median' + weakest}, fmt(median(map.values[i]))));
+    if (r.values) {
+      chart.appendChild(svg('text', {x: plot.x + plot.w + 8, y, 'dominant-baseline': 'central',
+        class: 'median' + weakest}, fmt(median(r.values))));
+    }
   });
   epochAxis(chart, map.epochs, plot, cw);
   const marker = svg('rect', {fill: 'none', stroke: '#fff', 'stroke-width': 1.5, visibility: 'hidden',
     'pointer-events': 'none'});
   chart.appendChild(marker);
-  hover(chart, run, map, plot, cw, rowHeight, marker);
+  hover(chart, run, map, rows, plot, cw, rowHeight, marker);
+  chart.addEventListener('click', (event) => {
+    const i = Math.floor((event.clientY - chart.getBoundingClientRect().top - plot.y) / rowHeight);
+    if (rows[i] && rows[i].type !== 'layer') toggleBlock(rows[i].block);
+  });
   return chart;
+}
+
+// The rows drawn for one run, top to bottom, after the kind filter and the
+// folded blocks: {type: 'layer' | 'header' | 'block', label, layers, values,
+// block, size (a header's rows), indent, reference}. A folded block is one
+// row whose value per epoch is the median of its rows shown.
+function displayRows(map) {
+  const out = [];
+  const shown = map.layers.map((_, i) => i).filter((i) => !state.hiddenKinds.has(map.kinds[i]));
+  for (let k = 0; k < shown.length;) {
+    const i = shown[k];
+    const block = map.blocks[i];
+    if (block == null) {
+      const reference = map.layers[i] === map.reference;
+      out.push({type: 'layer', label: map.layers[i], layers: [map.layers[i]], values: map.values[i],
+        kind: map.kinds[i], reference});
+      k++;
+      continue;
+    }
+    const members = [];
+    while (k < shown.length && map.blocks[shown[k]] === block) members.push(shown[k++]);
+    const layers = members.map((m) => map.layers[m]);
+    if (state.collapsed.has(block)) {
+      const log = state.maps.scale === 'log';
+      const values = map.epochs.map((_, j) => {
+        const m = median(members.map((r) => map.values[r][j]), log);
+        return Number.isNaN(m) ? null : m;
+      });
+      out.push({type: 'block', label: `▸ ${block} (${members.length})`, layers, values, block,
+        kind: [...new Set(members.map((m) => map.kinds[m]))].join(', ')});
+      continue;
+    }
+    out.push({type: 'header', label: `▾ ${block}`, layers: [], values: null, block, size: members.length});
+    members.forEach((m) => out.push({type: 'layer', label: shortName(map.layers[m], block),
+      layers: [map.layers[m]], values: map.values[m], kind: map.kinds[m], block, indent: true}));
+  }
+  return out;
+}
+
+function shortName(layer, block) {
+  return layer.startsWith(block + '/') ? layer.slice(block.length + 1) : layer;
+}
+
+function rowLabel(r, tree, plot, y, weakest) {
+  const kind = r.type === 'layer' ? 'layer' : 'block';
+  const cls = kind + weakest + (r.reference ? ' reference' : '');
+  const place = tree
+    ? {x: 4 + (r.indent ? INDENT : 0) + (r.reference ? LABEL_FONT * 1.3 : 0), 'text-anchor': 'start'}
+    : {x: plot.x - 8, 'text-anchor': 'end'};
+  const label = svg('text', {...place, y, 'dominant-baseline': 'central', class: cls}, r.label);
+  if (kind === 'block') {
+    label.addEventListener('click', (event) => {
+      event.stopPropagation(); // the chart's own click would fold it back
+      toggleBlock(r.block);
+    });
+  }
+  if (!r.reference) return label;
+  // The mark is its own text, so that the label holds the tag's name alone.
+  const at = tree ? 4 : plot.x - 8 - r.label.length * LABEL_FONT * 0.62 - 4;
+  return svg('g', {}, [
+    svg('text', {x: at, y, 'dominant-baseline': 'central', 'text-anchor': tree ? 'start' : 'end',
+      class: 'mark'}, [REFERENCE_MARK, svg('title', {}, 'reference (head)')]),
+    label,
+  ]);
+}
+
+function toggleBlock(block) {
+  if (state.collapsed.has(block)) state.collapsed.delete(block); else state.collapsed.add(block);
+  drawPanels();
+}
+
+// Folds every block of a run seen for the first time when it has many rows.
+function foldLargeRuns(maps) {
+  for (const map of maps) {
+    if (state.seen.has(map.run)) continue;
+    state.seen.add(map.run);
+    if (map.layers.length > AUTO_COLLAPSE_ROWS) map.blocks.forEach((b) => { if (b != null) state.collapsed.add(b); });
+  }
+}
+
+// The kind filter and the fold buttons, over the maps shown.
+function rowControls(maps) {
+  if (!maps.length) return [];
+  const counts = new Map();
+  for (const map of maps) map.kinds.forEach((k) => counts.set(k, (counts.get(k) || 0) + 1));
+  const kinds = [...KINDS.filter((k) => counts.has(k)), ...[...counts.keys()].filter((k) => !KINDS.includes(k))];
+  const boxes = kinds.map((kind) => {
+    const box = el('input', {type: 'checkbox', value: kind, class: 'kind'});
+    box.checked = !state.hiddenKinds.has(kind);
+    box.addEventListener('change', () => {
+      if (box.checked) state.hiddenKinds.delete(kind); else state.hiddenKinds.add(kind);
+      drawPanels();
+    });
+    const what = kind === 'head' ? `head ${REFERENCE_MARK}` : kind;
+    return el('label', {}, [box, ` ${what} `, el('span', {class: 'count'}, String(counts.get(kind)))]);
+  });
+  const parts = [el('span', {}, 'Rows:'), ...boxes];
+  const blocks = [...new Set(maps.flatMap((m) => m.blocks.filter((b) => b != null)))];
+  if (blocks.length) {
+    const fold = el('button', {type: 'button', id: 'collapse-all'}, 'Collapse blocks');
+    fold.addEventListener('click', () => { blocks.forEach((b) => state.collapsed.add(b)); drawPanels(); });
+    const unfold = el('button', {type: 'button', id: 'expand-all'}, 'Expand blocks');
+    unfold.addEventListener('click', () => { blocks.forEach((b) => state.collapsed.delete(b)); drawPanels(); });
+    parts.push(fold, unfold);
+  }
+  return parts;
+}
+
+// One line over a map: its rows, blocks and reference, and how a folded
+// block's row is made.
+function rowsNote(map) {
+  const blocks = [...new Set(map.blocks.filter((b) => b != null))];
+  const shown = map.kinds.filter((k) => !state.hiddenKinds.has(k)).length;
+  const parts = [`${map.layers.length} rows` + (shown < map.layers.length ? ` (${shown} shown)` : '')];
+  if (blocks.length) {
+    const folded = blocks.filter((b) => state.collapsed.has(b)).length;
+    parts.push(`${blocks.length} blocks (${blocks[0]} … ${blocks[blocks.length - 1]}), ${folded} collapsed: ` +
+      'a collapsed block (▸) shows, per epoch, the median of its rows shown; click a block to ' +
+      'expand or collapse it');
+  }
+  if (map.reference) parts.push(`${REFERENCE_MARK} reference (head): ${map.reference}`);
+  return el('div', {class: 'rows-note'}, parts.join(' · '));
 }
 
 function drawRow(group, row, x0, y, cw, h, scale) {
@@ -294,11 +469,16 @@ function drawRow(group, row, x0, y, cw, h, scale) {
   }
 }
 
-function median(values) {
+// With an even count, the middle of the two middle values: on a log colour
+// scale their geometric mean, so that a block's row sits between its rows'
+// colours (1e-6 and 1e-2 give 1e-4, not 5e-3).
+function median(values, log = false) {
   const finite = values.filter((v) => v != null).sort((a, b) => a - b);
   if (!finite.length) return NaN;
   const mid = finite.length >> 1;
-  return finite.length % 2 ? finite[mid] : (finite[mid - 1] + finite[mid]) / 2;
+  if (finite.length % 2) return finite[mid];
+  const [a, b] = [finite[mid - 1], finite[mid]];
+  return log && a > 0 && b > 0 ? Math.sqrt(a * b) : (a + b) / 2;
 }
 
 function epochAxis(chart, epochs, plot, cw) {
@@ -314,26 +494,34 @@ function epochAxis(chart, epochs, plot, cw) {
   chart.appendChild(svg('text', {x: plot.x + plot.w, y: y + 32, 'text-anchor': 'end', fill: '#666'}, 'epoch'));
 }
 
-function hover(chart, run, map, plot, cw, rowHeight, marker) {
+function hover(chart, run, map, rows, plot, cw, rowHeight, marker) {
   chart.addEventListener('mousemove', (event) => {
     const box = chart.getBoundingClientRect();
     const j = Math.floor((event.clientX - box.left - plot.x) / cw);
     const i = Math.floor((event.clientY - box.top - plot.y) / rowHeight);
-    if (i < 0 || j < 0 || i >= map.layers.length || j >= map.epochs.length) {
+    const r = rows[i];
+    if (!r || j < 0 || j >= map.epochs.length) {
       hideTooltip(marker);
       return;
     }
-    const value = map.values[i][j];
-    const what = state.maps.relative ? `${state.maps.stat} / output layer` : state.maps.stat;
-    const shown = value == null ? 'NaN, Inf or not logged'
-      : fmt(value) + (state.maps.scale === 'log' && value > 0 ? `  (log10 ${Math.log10(value).toFixed(2)})` : '');
-    tooltip.replaceChildren(el('b', {}, map.layers[i]), ` · epoch ${map.epochs[j]} · ${run.name}`,
-      el('br'), `${what} = ${shown}`);
+    if (!r.values) {
+      tooltip.replaceChildren(el('b', {}, r.block), ` · ${r.size} rows · click to collapse`);
+    } else {
+      const value = r.values[j];
+      const stat = state.maps.relative ? `${state.maps.stat} / reference` : state.maps.stat;
+      const what = r.type === 'block' ? `median of ${r.layers.length} rows of ${stat}` : stat;
+      const shown = value == null ? 'NaN, Inf or not logged'
+        : fmt(value) + (state.maps.scale === 'log' && value > 0 ? `  (log10 ${Math.log10(value).toFixed(2)})` : '');
+      const name = r.type === 'block' ? r.block : r.layers[0];
+      const kind = r.reference ? 'head, the reference' : r.kind;
+      tooltip.replaceChildren(el('b', {}, name), ` (${kind}) · epoch ${map.epochs[j]} · ${run.name}`,
+        el('br'), `${what} = ${shown}`, ...(r.type === 'block' ? [el('br'), 'click to expand'] : []));
+    }
     tooltip.style.display = 'block';
     tooltip.style.left = `${Math.min(event.clientX + 14, window.innerWidth - tooltip.offsetWidth - 4)}px`;
     tooltip.style.top = `${event.clientY + 14}px`;
     Object.entries({x: plot.x + j * cw, y: plot.y + i * rowHeight, width: Math.max(cw, 2), height: rowHeight,
-      visibility: 'visible'}).forEach(([k, v]) => marker.setAttribute(k, v));
+      visibility: r.values ? 'visible' : 'hidden'}).forEach(([k, v]) => marker.setAttribute(k, v));
   });
   chart.addEventListener('mouseleave', () => hideTooltip(marker));
 }
@@ -404,7 +592,7 @@ function legend(scale) {
     bar.appendChild(svg('text', {x, y: 2 + height + 18, 'text-anchor': 'middle', class: 'tick'},
       scale.log ? decade(t) : fmt(t)));
   }
-  const what = state.maps.relative ? `${state.maps.stat} / output layer` : state.maps.stat;
+  const what = state.maps.relative ? `${state.maps.stat} / reference` : state.maps.stat;
   const how = (scale.log ? 'log scale, one tick per decade' : 'linear scale') +
     (scale.clippedLow || scale.clippedHigh ? '; values beyond the 1st–99th percentile take the end colours' : '');
   const parts = [el('div', {class: 'legend-title'}, [el('b', {}, what), el('br'), el('span', {class: 'reason'}, how)]), bar];
