@@ -24,7 +24,18 @@ run A2 (5 x tanh, RandomUniform(0, 1)) the gradient dies in the *middle and
 last* hidden layers while the first layer's mean |g| stays close to the
 output layer's (measured median ``grad_ratio`` 1.14 for A2, 3.37 for A3), so
 the first/output quotient does not tell them apart; the weakest layer does.
-The thresholds and the figures behind them are in docs/verdict.md.
+
+A model with repeated blocks (a transformer: ``transformer_layer_0`` ..
+``transformer_layer_11`` in its matrices' names, see
+:func:`block_structure`) is judged like with like instead: each block's
+matrices against the same kind's in the block nearest the output (query
+with query), the median over the block's kinds (:func:`block_ratios`); the
+weakest and strongest ratios are over the blocks, with the thresholds
+:data:`BLOCK_VANISHING_BELOW` and :data:`BLOCK_EXPLODING_ABOVE`. Attention's
+query and key, embeddings and the head receive far less (or more) mean |g|
+than the other matrices by nature, so against the output layer a healthy
+transformer would read vanishing. The thresholds and the figures behind
+them are in docs/verdict.md.
 """
 
 from __future__ import annotations
@@ -37,6 +48,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from tbgrad import tags
+from tbgrad.blocks import EMBEDDINGS, BlockStructure, block_structure, outermost_block
 
 VANISHING = "vanishing"
 HEALTHY = "healthy"
@@ -59,6 +71,20 @@ VANISHING_BELOW = 0.1
 # would call B-tanh exploding; 100 is twice the largest value measured.
 EXPLODING_ABOVE = 100.0
 
+# -- models with repeated blocks (docs/verdict.md, "Models with repeated blocks") --
+
+# A block's mean |g| over the top block's (its family's block nearest the
+# output), kind by kind, median over its kinds. Measured in a 12-block GPT-2
+# (docs/verdict.md), 5 epochs: healthy runs (Adam, SGD; 12 and 24 blocks)
+# never fall below 0.86 in any epoch (medians 0.94 to 1.06); runs whose
+# lower blocks were made to vanish never rise above 0.083 (medians 1.4e-4
+# to 0.041). 0.1 lies between, as for the output-layer rule.
+BLOCK_VANISHING_BELOW = 0.1
+# The mirror image. Healthy runs peak at 4.9 (medians 1.6 to 2.3: pre-LN
+# gives the lower blocks somewhat more than the top); lower blocks' kernels
+# x 30 give 997 (every epoch above 770) and a loss that stalls. 100, as for
+# the output-layer rule, leaves room for deeper models' larger spread.
+BLOCK_EXPLODING_ABOVE = 100.0
 # -- the explanation's supporting signals (docs/verdict.md, "Explanations") ------
 
 # A tanh or sigmoid layer is called saturated when over 35% of its outputs
@@ -172,7 +198,10 @@ def judge(
 
     Args:
         grad_mean_abs: ``{layer: mean |g| per epoch}`` in model order, the
-            output layer last.
+            output layer (the reference) last. When the names show repeated
+            blocks (:func:`block_structure`), the blocks are compared with
+            the top block and ``weakest_ratio``, ``strongest_ratio`` are the
+            blocks' (:func:`block_ratios`).
         losses: Every logged loss value (train and validation, any epoch).
         nonfinite: The total of the ``grad_nonfinite`` counts.
 
@@ -199,19 +228,33 @@ def judge(
     g = np.stack(series, axis=1)  # epochs x layers
     if not np.all(np.isfinite(g)):
         return Verdict(NON_FINITE, None, None, "grad_mean_abs is NaN or Inf")
+    structure = block_structure(list(grad_mean_abs)[:-1])
+    if structure is not None:
+        _, ratios = block_ratios(grad_mean_abs, structure)
+        weakest = float(np.median(ratios.min(axis=1)))
+        strongest = float(np.median(ratios.max(axis=1)))
+        return _labelled(
+            weakest, strongest, " block/top block", BLOCK_VANISHING_BELOW, BLOCK_EXPLODING_ABOVE
+        )
     with np.errstate(divide="ignore", invalid="ignore"):
         quotients = g[:, :-1] / g[:, -1:]
     # 0/0 (no gradient anywhere, e.g. every relu dead) counts as vanished.
     quotients = np.nan_to_num(quotients, nan=0.0)
     weakest = float(np.median(quotients.min(axis=1)))
     strongest = float(np.median(quotients.max(axis=1)))
-    figures = f"median weakest/output {weakest:.3g}, strongest/output {strongest:.3g}"
-    if weakest < VANISHING_BELOW:
+    return _labelled(weakest, strongest, "/output", VANISHING_BELOW, EXPLODING_ABOVE)
+
+
+def _labelled(weakest: float, strongest: float, what: str, below: float, above: float) -> Verdict:
+    """The verdict of a run's two medians: vanishing below ``below``, else
+    exploding above ``above``, else healthy; ``what`` names the quotient."""
+    figures = f"median weakest{what} {weakest:.3g}, strongest{what} {strongest:.3g}"
+    if weakest < below:
         label = VANISHING
-        figures += f"; {weakest:.3g} < {VANISHING_BELOW:g}"
-    elif strongest > EXPLODING_ABOVE:
+        figures += f"; {weakest:.3g} < {below:g}"
+    elif strongest > above:
         label = EXPLODING
-        figures += f"; {strongest:.3g} > {EXPLODING_ABOVE:g}"
+        figures += f"; {strongest:.3g} > {above:g}"
     else:
         label = HEALTHY
     return Verdict(label, weakest, strongest, figures)
@@ -225,8 +268,10 @@ def run_verdict(run) -> Verdict:
     layers = {t[len(prefix) :]: train.scalar(t) for t in train.scalars if t.startswith(prefix)}
     if train.kernels is not None:
         # With variables="all", biases and other weights are logged too; the
-        # verdict compares the layers' kernels only.
-        layers = {name: series for name, series in layers.items() if name in train.kernels}
+        # verdict compares the weight matrices only, in the summary's order
+        # (model order, the reference last), which the tags' order is not
+        # when the reference comes first in the model (a tied embedding).
+        layers = {name: layers[name] for name in train.kernels if name in layers}
     nonfinite = sum(
         float(np.nansum(train.scalar(t)))
         for t in train.scalars
@@ -270,7 +315,13 @@ def explain_figures(
     epochs = [int(e) for e in epochs]
     if found.label == UNKNOWN or len(names) < 2 or not epochs:
         return Explanation(found.reason, suggestion=_UNKNOWN_SUGGESTION)
-    rule, layers, window = _concerned(found, grad_mean_abs, epochs, scalars)
+    # A non-finite run is explained by where the NaN or Inf is, blocks or not.
+    structure = block_structure(names[:-1]) if found.label != NON_FINITE else None
+    if structure is None:
+        rule, layers, window = _concerned(found, grad_mean_abs, epochs, scalars)
+        where = ""
+    else:
+        rule, layers, window, where = _concerned_blocks(found, grad_mean_abs, epochs, structure)
     hidden = names[:-1]
     signals, flags = _signals(hidden, list(layers) or hidden, window or epochs, scalars)
     signals.update(
@@ -284,7 +335,12 @@ def explain_figures(
     notes = tuple(note for _, note in flags.values())
     if found.label == NON_FINITE and first_nonfinite is not None:
         notes = (f"first NaN or Inf in epoch {first_nonfinite[0]}: {first_nonfinite[1]}", *notes)
-    suggestion = _suggest(found.label, layers, flags, dict(config or {}))
+    if structure is None:
+        suggestion = _suggest(found.label, layers, flags, dict(config or {}))
+    else:
+        signals.update(_block_signals(grad_mean_abs, structure))
+        notes = (where, *notes) if where else notes
+        suggestion = _block_suggestion(found.label, where, flags, dict(config or {}))
     span = (window[0], window[-1]) if window else None
     return Explanation(rule, tuple(layers), span, signals, notes, suggestion)
 
@@ -338,6 +394,165 @@ def _nonfinite(names: list[str], epochs: list[int], scalars):
     return tuple(layers), sorted(bad)
 
 
+# -- models with repeated blocks -------------------------------------------------
+
+
+def kind_ratios(
+    grad_mean_abs: Mapping[str, Sequence[float]], structure: BlockStructure
+) -> dict[tuple[str, str], dict[int, np.ndarray]]:
+    """``{(family, kind): {index: mean |g| per epoch over the top block's}}``:
+    each matrix against the same kind's in its family's block nearest the
+    output (query with query), the top one left out."""
+    out: dict[tuple[str, str], dict[int, np.ndarray]] = {}
+    for family, kinds in structure.families.items():
+        for kind, by_index in kinds.items():
+            top = max(by_index)
+            over = np.asarray(grad_mean_abs[by_index[top]], np.float64)
+            for index, name in by_index.items():
+                if index == top:
+                    continue
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    q = np.asarray(grad_mean_abs[name], np.float64) / over
+                # 0/0 (no gradient in either) counts as vanished, as in judge.
+                out.setdefault((family, kind), {})[index] = np.nan_to_num(q, nan=0.0)
+    return out
+
+
+def block_ratios(
+    grad_mean_abs: Mapping[str, Sequence[float]], structure: BlockStructure
+) -> tuple[list[tuple[str, int]], np.ndarray]:
+    """``(blocks, ratios)``: ``ratios[epoch, j]`` is the median over block
+    ``blocks[j]``'s kinds of :func:`kind_ratios`: how much gradient the
+    block receives against the top block, whatever each kind's own level.
+
+    The top blocks themselves (1 by definition) are left out.
+    """
+    columns: dict[tuple[str, int], list[np.ndarray]] = {}
+    for (family, _), by_index in kind_ratios(grad_mean_abs, structure).items():
+        for index, q in by_index.items():
+            columns.setdefault((family, index), []).append(q)
+    blocks = [block for block in structure.blocks if block in columns]
+    ratios = [np.median(np.stack(columns[block]), axis=0) for block in blocks]
+    return blocks, np.stack(ratios, axis=1)
+
+
+def _weak_kinds(grad_mean_abs, structure: BlockStructure) -> str:
+    """A sentence on the kinds whose lower blocks get under
+    :data:`BLOCK_VANISHING_BELOW` of the top block's while the blocks as a
+    whole do not (attention's query and key when only they are stuck), or ""."""
+    weak: dict[str, list[str]] = {}
+    shares, blocks = [], []
+    for (family, kind), by_index in kind_ratios(grad_mean_abs, structure).items():
+        medians = {i: float(np.median(q)) for i, q in by_index.items()}
+        low = [i for i, m in medians.items() if m < BLOCK_VANISHING_BELOW]
+        if low:
+            weak.setdefault(family, []).append(kind)
+            shares += [medians[i] for i in low]
+            blocks += [(family, i) for i in low]
+    if not weak:
+        return ""
+    kinds = " and ".join(kind for family_kinds in weak.values() for kind in family_kinds)
+    where = describe_blocks(sorted(set(blocks)), structure)
+    return (
+        f"{kinds} of {where} receive {float(np.median(shares)):.2g} times the top block's "
+        "mean |g|; the blocks' other matrices do not"
+    )
+
+
+def describe_blocks(blocks: Sequence[tuple[str, int]], structure: BlockStructure) -> str:
+    """``blocks 0-3, 7 (transformer_layer_0 .. transformer_layer_7)``, a
+    family at a time."""
+    out = []
+    for family in dict.fromkeys(f for f, _ in blocks):
+        indices = sorted(i for f, i in blocks if f == family)
+        first, last = (structure.labels[(family, i)] for i in (indices[0], indices[-1]))
+        if len(indices) == 1:
+            out.append(f"block {indices[0]} ({first})")
+        else:
+            out.append(f"blocks {_ranges(indices)} ({first} .. {last})")
+    return "; ".join(out)
+
+
+def _ranges(indices: Sequence[int]) -> str:
+    """``0-3, 7`` for ``[0, 1, 2, 3, 7]``."""
+    runs: list[list[int]] = []
+    for i in sorted(indices):
+        if runs and i == runs[-1][-1] + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else f"{r[0]}" for r in runs)
+
+
+def _concerned_blocks(found: Verdict, grad_mean_abs, epochs: list[int], structure):
+    """``(rule, layers, epochs, where)`` of a block model: the rule, the
+    matrices of the blocks beyond the threshold, the epochs where some block
+    is, and a sentence naming the blocks and their share (of a healthy run:
+    the kinds that get too little in some blocks, or "")."""
+    blocks, ratios = block_ratios(grad_mean_abs, structure)
+    below, above = BLOCK_VANISHING_BELOW, BLOCK_EXPLODING_ABOVE
+    quotient = "block/top block"
+    if found.label == VANISHING:
+        rule = f"weakest {quotient} < {below:g} (median {found.weakest_ratio:.3g})"
+        order = np.median(ratios, axis=0)
+        concerned, window = _past(ratios < below, blocks, epochs, order)
+    elif found.label == EXPLODING:
+        rule = f"strongest {quotient} > {above:g} (median {found.strongest_ratio:.3g})"
+        order = -np.median(ratios, axis=0)
+        concerned, window = _past(ratios > above, blocks, epochs, order)
+    else:
+        rule = (
+            f"weakest {quotient} >= {below:g} and strongest {quotient} <= {above:g} "
+            f"(medians {found.weakest_ratio:.3g}, {found.strongest_ratio:.3g})"
+        )
+        return rule, (), [], _weak_kinds(grad_mean_abs, structure)
+    rows = [epochs.index(e) for e in window] or list(range(len(epochs)))
+    share = float(np.median(ratios[np.ix_(rows, [blocks.index(b) for b in concerned])]))
+    members = structure.members
+    layers = tuple(name for name in grad_mean_abs if members.get(name) in concerned)
+    top = structure.top(concerned[0][0])
+    where = (
+        f"{describe_blocks(concerned, structure)} receive {share:.2g} times the mean |g| "
+        f"of the top block ({top}), kind by kind"
+    )
+    return rule, layers, window, where
+
+
+def _block_signals(grad_mean_abs, structure: BlockStructure) -> dict[str, float]:
+    """The number of blocks, and each embedding's median mean |g| over the
+    reference's (a figure to read, not judged)."""
+    names = list(grad_mean_abs)
+    out = {"blocks": float(len(structure.labels))}
+    reference = np.asarray(grad_mean_abs[names[-1]], np.float64)
+    for name in names[:-1]:
+        if name.endswith(EMBEDDINGS):
+            with np.errstate(divide="ignore", invalid="ignore"):
+                q = np.asarray(grad_mean_abs[name], np.float64) / reference
+            out[f"embedding_ratio/{name}"] = float(np.median(q))
+    return out
+
+
+_BLOCK_VANISHING_FIX = (
+    "check the blocks' initialisation scale (normal with std 0.02, the residual "
+    "output projections scaled down by 1/sqrt(2 x blocks)), normalise before each "
+    "sublayer (pre-LN), and warm the learning rate up"
+)
+_BLOCK_EXPLODING_FIX = (
+    "lower the learning rate and warm it up, clip the gradients (clipnorm=1.0), "
+    "normalise before each sublayer (pre-LN), and check the blocks' initialisation scale"
+)
+
+
+def _block_suggestion(label: str, where: str, flags: dict, config: dict) -> str:
+    """What to try in a block model: transformer advice for the blocks
+    concerned, else what the flags say."""
+    if label == VANISHING:
+        return f"{where}: {_BLOCK_VANISHING_FIX}"
+    if label == EXPLODING:
+        return f"{where}: {_BLOCK_EXPLODING_FIX}"
+    return _suggest(label, (), flags, config)
+
+
 def verdict_of(run_dir: str | os.PathLike) -> Verdict:
     """Reads the run folder ``run_dir`` and returns its verdict."""
     from tbgrad.eventlog import load_run
@@ -368,11 +583,39 @@ _HE = ("he_uniform", "he_normal")
 
 
 def layer_span(layers: Sequence[str]) -> str:
-    """``hidden_3..hidden_5`` for three or more layers, else the names joined by commas."""
+    """``hidden_3..hidden_5`` for three or more layers, else the names joined
+    by commas; the matrices of numbered blocks by their first and last block.
+
+    Example:
+        >>> layer_span([f"transformer_layer_{i}/{k}" for i in range(6) for k in "qkv"])
+        'transformer_layer_0..transformer_layer_5 (18 matrices)'
+    """
     layers = list(layers)
-    if len(layers) >= 3:
+    if len(layers) < 3:
+        return ", ".join(layers)
+    places = [outermost_block(name) for name in layers]
+    indices: dict[str, set[int]] = {}
+    for place in places:
+        if place is not None:
+            indices.setdefault(place[0], set()).add(place[1])
+    blocks = [family for family, at in indices.items() if len(at) >= 2]
+    if not blocks:
         return f"{layers[0]}..{layers[-1]}"
-    return ", ".join(layers)
+    pieces = [_block_span([p[1:] for p in places if p and p[0] == f]) for f in blocks]
+    rest = [name for name, p in zip(layers, places) if p is None or p[0] not in blocks]
+    return ", ".join(pieces + ([layer_span(rest)] if rest else []))
+
+
+def _block_span(members: list[tuple[int, str, str]]) -> str:
+    """``transformer_layer_0..transformer_layer_5 (36 matrices)`` from
+    ``(index, kind, block name)`` of each matrix."""
+    indices = sorted({index for index, _, _ in members})
+    label = {index: name for index, _, name in members}
+    kinds = list(dict.fromkeys(kind for _, kind, _ in members))
+    what = " and ".join(kinds) if len(kinds) <= 2 else f"{len(members)} matrices"
+    if indices != list(range(indices[0], indices[-1] + 1)):
+        what = f"blocks {_ranges(indices)}; {what}"
+    return f"{label[indices[0]]}..{label[indices[-1]]} ({what})"
 
 
 def _finite(value) -> float | None:

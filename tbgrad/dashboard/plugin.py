@@ -68,6 +68,7 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 from werkzeug import wrappers
 
 from tbgrad import statistics, tags, verdict
+from tbgrad.blocks import block_structure
 from tbgrad.dashboard import metadata
 
 # The plugin that owns every scalar tbgrad and Keras write (tf.summary.scalar).
@@ -289,8 +290,6 @@ _ATTENTION_PART = re.compile(
 _FEED_FORWARD_PART = re.compile(
     r"feed_?forward|ffn|ffw|mlp|intermediate|output_dense|^(gate|up|down)_proj$|^fc_?[12]$"
 )
-# A path component ``<stem>_<index>``: one of a model's repeated blocks.
-_BLOCK_PART = re.compile(r"^(.+)_(\d+)$")
 
 
 def matrix_kind(name: str, reference: str | None = None) -> str:
@@ -323,38 +322,22 @@ def matrix_kind(name: str, reference: str | None = None) -> str:
 def block_names(names: Sequence[str], matrices: Sequence[str] | None = None) -> list[str | None]:
     """The repeated block each of ``names`` belongs to, or None.
 
-    A block is a path ``.../<stem>_<index>`` that encloses some of the
-    weight ``matrices`` (default: ``names``) and whose ``<stem>`` has at
-    least two indices: ``transformer_layer_0`` .. ``transformer_layer_11``.
-    A path component that is the whole name of every matrix carrying it is
-    a layer, not a block: an MLP's ``hidden_1`` .. ``hidden_5`` form no
-    block, even with their biases ``hidden_1/bias`` tracked. A name in
-    several blocks belongs to the outermost.
+    The blocks are those :func:`tbgrad.blocks.block_structure` reads from
+    the weight ``matrices`` (default: ``names``), the verdict's own:
+    ``transformer_layer_0`` .. ``transformer_layer_11``. A name under a
+    block's path (a bias with ``variables="all"``) belongs to it; a name in
+    several blocks to the outermost. An MLP's ``hidden_1`` .. ``hidden_5``
+    form no block.
 
     Example:
-        >>> block_names(["emb/embeddings", "layer_0/query", "layer_1/query"])
-        [None, 'layer_0', 'layer_1']
+        >>> block_names(["emb/embeddings", "b_0/query", "b_0/ffn", "b_1/query", "b_1/ffn"])
+        [None, 'b_0', 'b_0', 'b_1', 'b_1']
     """
-    indices: dict[str, set[str]] = {}
-    for name in names if matrices is None else matrices:
-        parts = name.split("/")
-        for k, part in enumerate(parts[:-1]):
-            match = _BLOCK_PART.match(part)
-            if match:
-                stem = "/".join([*parts[:k], match.group(1)])
-                indices.setdefault(stem, set()).add(match.group(2))
-    repeated = {stem for stem, found in indices.items() if len(found) >= 2}
-    out: list[str | None] = []
-    for name in names:
-        parts = name.split("/")
-        block = None
-        for k, part in enumerate(parts):
-            match = _BLOCK_PART.match(part)
-            if match and "/".join([*parts[:k], match.group(1)]) in repeated:
-                block = "/".join(parts[: k + 1])
-                break
-        out.append(block)
-    return out
+    structure = block_structure(list(names if matrices is None else matrices))
+    if structure is None:
+        return [None] * len(names)
+    labels = sorted(set(structure.labels.values()), key=len)  # the outermost first
+    return [next((b for b in labels if name.startswith(b + "/")), None) for name in names]
 
 
 def display_order(

@@ -45,7 +45,7 @@ from tbgrad.dashboard.plugin import (
 )
 from tbgrad.eventlog import load_run
 
-keras_hub = pytest.importorskip("keras_hub")
+import keras_hub  # noqa: E402 - the test extra installs it
 
 BLOCKS = 12
 EPOCHS = 2
@@ -106,6 +106,7 @@ def test_block_names_group_a_models_repeated_blocks():
         "transformer_layer_0/feedforward_output_dense",
         "transformer_layer_1/self_attention/query",
         "transformer_layer_1/self_attention/query/bias",
+        "transformer_layer_1/feedforward_output_dense",
         "pooled_dense",
     ]
     assert block_names(names) == [
@@ -114,11 +115,17 @@ def test_block_names_group_a_models_repeated_blocks():
         "transformer_layer_0",
         "transformer_layer_1",
         "transformer_layer_1",
+        "transformer_layer_1",
         None,
     ]
-    # Nested: the block is the whole path to its indexed component.
-    nested = ["encoder/layer_0/query", "encoder/layer_1/query", "decoder/layer_0/query"]
-    assert block_names(nested) == ["encoder/layer_0", "encoder/layer_1", None]
+    # Nested: the block is the whole path to its indexed component; a
+    # single block of a stem repeats nothing.
+    nested = [
+        "encoder/layer_0/query", "encoder/layer_0/ffn",
+        "encoder/layer_1/query", "encoder/layer_1/ffn",
+        "decoder/layer_0/query",
+    ]  # fmt: skip
+    assert block_names(nested) == [*["encoder/layer_0"] * 2, *["encoder/layer_1"] * 2, None]
 
 
 def test_an_mlp_has_no_block():
