@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import keras
+import keras_hub
 import numpy as np
 import pytest
 from numpy.testing import assert_allclose
@@ -44,8 +45,6 @@ from tbgrad.dashboard.plugin import (
     weakest_layer,
 )
 from tbgrad.eventlog import load_run
-
-import keras_hub  # noqa: E402 - the test extra installs it
 
 BLOCKS = 12
 EPOCHS = 2
