@@ -448,6 +448,7 @@ def test_a_12_block_kerashub_gpt2(tmp_path, weaken, label):
     random weights, 5 epochs of Adam on random tokens; the vanishing one with
     every variable of blocks 0-5 times 1e-3."""
     import keras_hub
+
     keras.utils.set_random_seed(0)
     backbone = keras_hub.models.GPT2Backbone(
         vocabulary_size=200,
