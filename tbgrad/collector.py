@@ -221,7 +221,9 @@ class Collector:
 
     def _before(self, step, stat):
         due = step.due[stat.cadence]
-        if due is None or self.policy.form == _step.MASK:
+        # A masked step reads always, but on PyTorch, whose eager branch is
+        # free and whose reads are copies (a JAX read is one already).
+        if due is None or (self.policy.form == _step.MASK and not _step.ON_TORCH):
             return _step.snapshot(stat.before(step))
         # A step left out reads nothing: one empty tensor per variable.
         return self.policy.cond(
@@ -245,6 +247,8 @@ class Collector:
                 update()
             elif self.policy.form == _step.BRANCH:
                 self.policy.when(due, update)
+            elif not _step.ON_TENSORFLOW:
+                _select_states(step, group, due)
             else:
                 update(due=due)
 
@@ -319,6 +323,32 @@ def _assign(stat: Statistic, contributions: dict, due=None) -> None:
         if due is not None:
             new = keras.ops.where(due, new, _step.read(variable))
         variable.assign(new)
+
+
+def _select_states(step, group: list[Statistic], due) -> None:
+    # JAX and PyTorch: one conditional picks every state's new value (the
+    # group's work runs only on a step it counts; a JAX branch may not
+    # assign variables, so the values are assigned after it).
+    def updated():
+        out = []
+        for stat in group:
+            contributions = stat.update(step, step.carry.get(id(stat)))
+            out.append(
+                {
+                    name: stat.combined(name, contributions[name])
+                    if name in contributions
+                    else _step.read(stat.state(name))
+                    for name in stat.state_names
+                }
+            )
+        return out
+
+    def kept():
+        return [{name: _step.read(stat.state(name)) for name in stat.state_names} for stat in group]
+
+    for stat, values in zip(group, step.cond(due, updated, kept)):
+        for name, value in values.items():
+            stat.state(name).assign(value)
 
 
 def _earliest(found: list[dict]) -> dict | None:

@@ -9,15 +9,17 @@ once per logger (:class:`ExecutionPolicy`) and once per step
   ``diagnostics_every`` for the diagnostics, the epoch's first step for the
   histograms);
 * how a step a cadence leaves out is left out: in a branch that does no work
-  (one functional ``If``), or computed and masked (under XLA, which runs a
-  conditional at more cost than it saves, and under several replicas, where
-  assigning a mirrored variable inside a branch is refused);
+  (one functional ``If``), or computed and masked (under TensorFlow's XLA,
+  which runs a conditional at more cost than it saves, and under several
+  replicas, where assigning a mirrored variable inside a branch is refused);
+  on JAX and PyTorch one conditional per cadence picks the states' new
+  values, assigned after it (a JAX branch may not assign);
 * the gradients as the optimizer applies them: under several replicas the
   optimizer sums the replicas' gradients after the point where tbgrad sees
   them, so the step sums its copy the same way once, for every statistic;
 * the activations the training forward pass produced.
 
-This module and :mod:`tbgrad._compat` are the only TensorFlow-specific parts
+This module and :mod:`tbgrad._compat` are the only backend-specific parts
 the statistics run through.
 """
 
@@ -36,6 +38,7 @@ from tbgrad import _compat
 # step) and PyTorch (eager) every step is computed and masked.
 ON_TENSORFLOW = keras.backend.backend() == "tensorflow"
 ON_JAX = keras.backend.backend() == "jax"
+ON_TORCH = keras.backend.backend() == "torch"
 
 
 def _jax_x64() -> bool:

@@ -62,6 +62,8 @@ def _moments(sums, counts, sizes):
 
 
 def _finite_moments(grads, counts):
+    if not _step.ON_TENSORFLOW:
+        return _finite_moments_each(grads, counts)
     # Every gradient in one flat float64 vector, its sums taken by segment:
     # the fewest ops, which is what tracing this rare branch costs. A
     # gradient's size is read when the branch runs: an embedding's rows are
@@ -85,9 +87,25 @@ def _finite_moments(grads, counts):
     return _moments(sums[:, :3], finite_entries, sizes)
 
 
+def _finite_moments_each(grads, counts):
+    # One gradient at a time (JAX, PyTorch): XLA would fold the flat form's
+    # segment ids into a constant of one id per parameter, for seconds at
+    # every compilation. No gradient is sparse here: its size is its
+    # variable's.
+    rows = []
+    for g in grads:
+        x = keras.ops.reshape(keras.ops.cast(g, _step.WIDE_FLOAT), [-1])
+        finite = keras.ops.isfinite(x)
+        x = keras.ops.where(finite, x, 0.0)
+        parts = [keras.ops.abs(x), x, x * x, keras.ops.cast(finite, _step.WIDE_FLOAT)]
+        rows.append(keras.ops.stack([keras.ops.sum(part) for part in parts]))
+    sums = keras.ops.stack(rows)
+    return _moments(sums[:, :3], sums[:, 3], np.array(counts, np.float64))
+
+
 def _sizes(grads):
-    # Each gradient's number of entries: numpy where every shape is known
-    # (JAX repeats by a concrete count only), else read when the step runs.
+    # Each gradient's number of entries: numpy where every shape is known,
+    # else read when the step runs.
     shapes = [tuple(g.shape) for g in grads]
     if all(d is not None for shape in shapes for d in shape):
         return np.array([int(np.prod(shape)) for shape in shapes], np.int64)

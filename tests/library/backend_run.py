@@ -10,7 +10,8 @@ backend starts from the same numbers; the learning rate is 0, so the
 weights stay put and every step's gradient is that of the same weights.
 ``FIT_DIR`` gets a ``model.fit`` run with ``tbgrad.TensorBoard``,
 ``FIT_DIR-moving`` the same with the weights moving (learning rate
-:data:`MOVING`), ``LOOP_DIR`` a hand-written loop with ``tbgrad.GradientLogger``: JAX's
+:data:`MOVING`), ``FIT_DIR-nonfinite`` one observed step with a NaN and an
+Inf in a gradient, ``LOOP_DIR`` a hand-written loop with ``tbgrad.GradientLogger``: JAX's
 stateless loop, PyTorch's eager one.
 """
 
@@ -129,8 +130,20 @@ def torch_loop(weights, log_dir):
     logger.close()
 
 
+def nonfinite(weights, log_dir):
+    """One observed step whose first kernel's gradient holds a NaN and an
+    Inf: the statistics over its finite entries, and the count."""
+    model = build(weights)
+    grads = [np.array(w, "float32") for w in model.get_weights()]
+    grads[0][0, 0], grads[0][1, 2] = np.nan, np.inf
+    with tbgrad.GradientLogger(model, log_dir) as logger:
+        logger.observe([keras.ops.convert_to_tensor(g) for g in grads], model.trainable_variables)
+        logger.end_epoch(0)
+
+
 if __name__ == "__main__":
     weights = dict(np.load(sys.argv[1]))
     fit(weights, sys.argv[2])
     fit(weights, sys.argv[2] + "-moving", learning_rate=MOVING)
+    nonfinite(weights, sys.argv[2] + "-nonfinite")
     {"jax": jax_loop, "torch": torch_loop}[keras.backend.backend()](weights, sys.argv[3])

@@ -46,6 +46,7 @@ def reference(tmp_path_factory):
     np.savez(folder / "weights.npz", **weights)
     backend_run.fit(weights, str(folder / "tensorflow"))
     backend_run.fit(weights, str(folder / "tensorflow-moving"), backend_run.MOVING)
+    backend_run.nonfinite(weights, str(folder / "tensorflow-nonfinite"))
     model = backend_run.build(weights)
     per_step = []
     for x, y in backend_run.batches(weights):
@@ -54,9 +55,8 @@ def reference(tmp_path_factory):
         grads = tape.gradient(loss, [model.get_layer(n).kernel.value for n in LAYERS])
         per_step.append([np.abs(g.numpy()).mean() for g in grads])
     expected = dict(zip(LAYERS, np.mean(per_step, axis=0)))
-    runs = {
-        name: tbgrad.load_run(folder / name).train for name in ("tensorflow", "tensorflow-moving")
-    }
+    names = ("tensorflow", "tensorflow-moving", "tensorflow-nonfinite")
+    runs = {name: tbgrad.load_run(folder / name).train for name in names}
     return folder, runs, expected
 
 
@@ -70,15 +70,16 @@ def _train(backend: str, folder: Path):
         [*script, str(fit_dir), str(loop_dir)], env=env, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    read = [tbgrad.load_run(path).train for path in (fit_dir, loop_dir, f"{fit_dir}-moving")]
-    return read[:2], read[2]
+    paths = (fit_dir, loop_dir, f"{fit_dir}-moving", f"{fit_dir}-nonfinite")
+    read = [tbgrad.load_run(path).train for path in paths]
+    return read[:2], read[2], read[3]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_backend_logs_what_tensorflow_logs(backend, reference):
     folder, on_tensorflow, expected = reference
-    still, moving = _train(backend, folder)
+    still, moving, nonfinite = _train(backend, folder)
     for train in still:
         _same_tags(train, on_tensorflow["tensorflow"], rtol=1e-4)
         for layer in LAYERS:
@@ -88,11 +89,15 @@ def test_backend_logs_what_tensorflow_logs(backend, reference):
     _same_tags(moving, on_tensorflow["tensorflow-moving"], rtol=1e-3)
     ratio = moving.scalar(tags.layer_tag(tags.UPDATE_RATIO, "hidden_1"))
     assert (ratio > 0).all()
+    # A NaN and an Inf: counted, and the moments over the finite entries.
+    _same_tags(nonfinite, on_tensorflow["tensorflow-nonfinite"], rtol=1e-5, at_least=5)
+    assert nonfinite.scalar(tags.layer_tag(tags.GRAD_NONFINITE, "hidden_1"))[0] == 2
 
 
-def _same_tags(train, on_tensorflow, rtol):
+def _same_tags(train, on_tensorflow, rtol, at_least=30):
     per_layer = sorted(t for t in on_tensorflow.scalars if t.rsplit("/", 1)[-1] in LAYERS)
-    assert len(per_layer) >= 30  # gradients, norms, weights, ratios, update ratio, activations
+    # Gradients, norms, weights, ratios, update ratio, activations.
+    assert len(per_layer) >= at_least
     for tag in per_layer:
         np.testing.assert_allclose(
             train.scalar(tag), on_tensorflow.scalar(tag), rtol=rtol, atol=1e-6, err_msg=tag
