@@ -174,14 +174,11 @@ def read(variable):
 def snapshot(values):
     """``values`` (a structure of tensors or variables) with every variable
     read now; tensors are values already (copied on PyTorch)."""
-    if ON_TENSORFLOW or ON_JAX:
-        return keras.tree.map_structure(
-            lambda v: read(v) if isinstance(v, keras.Variable) else v, values
-        )
     # PyTorch updates a variable's tensor in place, and a tensor read from
     # it (a cast to its own dtype is the tensor itself) with it.
+    kept = keras.ops.copy if ON_TORCH else (lambda v: v)
     return keras.tree.map_structure(
-        lambda v: read(v) if isinstance(v, keras.Variable) else keras.ops.copy(v), values
+        lambda v: read(v) if isinstance(v, keras.Variable) else kept(v), values
     )
 
 

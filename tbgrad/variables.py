@@ -54,10 +54,10 @@ def tracked_variables(model: keras.Model, variables=MATRICES) -> list[KernelLaye
     Args:
         model: A built Keras model (nested and subclassed models included).
         variables: ``"matrices"`` (the default: every trainable weight
-            matrix, i.e. every variable of two or more dimensions but
-            biases: kernels,
-            embeddings and language-model heads, recurrent kernels, LoRA
-            factors; not biases or normalisation scales), ``"kernels"``
+            matrix, i.e. every variable of two or more dimensions that is
+            not a bias: kernels, embeddings and language-model heads,
+            recurrent kernels, LoRA factors; not normalisation scales or
+            other vectors), ``"kernels"``
             (every layer's trainable ``kernel`` only), ``"all"`` (every
             trainable variable) or a predicate ``callable(variable) -> bool``
             over the trainable variables.
@@ -149,7 +149,7 @@ def is_embedding(var) -> bool:
 
 def _selected(variables, var, is_kernel: bool) -> bool:
     if variables == MATRICES:
-        return is_kernel or is_weight_matrix(var)
+        return KernelLayer("", var, is_kernel).is_matrix
     if variables == KERNELS:
         return is_kernel
     return variables == ALL or bool(variables(var))
