@@ -110,6 +110,20 @@ class ExecutionPolicy:
 
         _compat.functional_cond(pred, run, lambda: tf.constant(False))
 
+    def sums_of_squares(self, xs):
+        """``[len(xs)]``: the sum of each tensor's squared entries, in float32
+        (it may overflow, or lose entries whose squares flush to zero:
+        callers guard).
+
+        TensorFlow's ``L2Loss`` op (half the sum) takes it in one pass
+        without making ``x * x``, which costs a pass and a buffer per
+        tensor; XLA fuses the square into the sum itself, and other backends
+        have no such op.
+        """
+        if ON_TENSORFLOW and not self.xla:
+            return 2.0 * tf.stack([tf.nn.l2_loss(x) for x in xs])
+        return keras.ops.stack([keras.ops.sum(keras.ops.square(x)) for x in xs])
+
     def applied(self, gradients) -> tuple[list, list]:
         """The gradients as the statistics take them, and for each the number
         of zero entries of its variable it leaves out.

@@ -29,19 +29,25 @@ def layer_moments(step: _step.StepContext):
 
 def _layer_moments(step):
     # Three float32 reductions per gradient, where it lies (stacking
-    # gradients copies them). A step whose sums are not finite is recounted
-    # over the finite entries in float64 (exploding gradients reach 1e20
-    # and more before they turn Inf, and their squares overflow float32).
+    # gradients copies them); the sum of squares in one pass where the
+    # backend has the op (ExecutionPolicy.sums_of_squares). A step whose sums
+    # are not finite is recounted over the finite entries in float64
+    # (exploding gradients reach 1e20 and more before they turn Inf, and
+    # their squares overflow float32).
     grads = step.gradients
     # The variables' sizes: a gradient's static shape can be unknown in a
     # traced loop.
     counts = [int(np.prod(k.shape)) for k in step.kernels]  # exact, also past 2**24
     sizes = np.array(counts, np.float32)
-    sums = []
-    for g in grads:
-        g = keras.ops.cast(g, "float32")
-        sums += [keras.ops.sum(keras.ops.abs(g)), keras.ops.sum(g), keras.ops.sum(g * g)]
-    sums = keras.ops.reshape(keras.ops.stack(sums), [-1, 3])
+    grads32 = [keras.ops.cast(g, "float32") for g in grads]
+    sums = keras.ops.stack(
+        [
+            keras.ops.stack([keras.ops.sum(keras.ops.abs(g)) for g in grads32]),
+            keras.ops.stack([keras.ops.sum(g) for g in grads32]),
+            step.policy.sums_of_squares(grads32),
+        ],
+        axis=1,
+    )
     fast = _moments(sums, sizes, sizes)
     finite = keras.ops.all(keras.ops.isfinite(fast))
     return step.cond(finite, lambda: fast, lambda: _finite_moments(grads, counts))

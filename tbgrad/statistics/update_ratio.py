@@ -74,20 +74,16 @@ class UpdateRatio(Statistic):
     def update(self, step, carry=None):
         if carry is None:
             return {}  # gradients handed over without an optimizer step
-        moved, size, bad = [], [], []
-        for kernel, before in [(step.kernels[i], carry[i]) for i in self.at]:
-            after = keras.ops.cast(kernel, "float32")
-            delta = after - before
-            # Each norm taken of its vector divided by its largest entry,
-            # times that entry: the squares of weights past ~1e19 (or of a
-            # tiny kernel moved far) stay within float32. NaN stays NaN.
-            moved.append(_norm(delta))
-            size.append(_norm(before))
-            bad.append(keras.ops.logical_not(keras.ops.all(keras.ops.isfinite(after))))
-        bad = keras.ops.stack(bad)
-        ratio = _ratio(keras.ops.stack(moved), keras.ops.stack(size))
+        kernels = [keras.ops.cast(step.kernels[i], "float32") for i in self.at]
+        befores = [carry[i] for i in self.at]
+        moved = _norms(step, [after - before for after, before in zip(kernels, befores)])
+        size = _norms(step, befores)
+        # A weight turned NaN or Inf makes its move NaN or Inf, and the
+        # move's scaled norm NaN (see _norms); the ratio reads NaN then,
+        # whatever its largest entry reads.
+        bad = keras.ops.logical_not(keras.ops.isfinite(moved[:, 1]))
+        ratio = _ratio(moved, size)
         return {
-            # A weight turned NaN or Inf gives NaN, whatever its max reads.
             "sums": keras.ops.where(bad, np.nan, ratio),
             "steps": keras.ops.ones([], _step.WIDE_INT),
             "first_bad": found_at(step.index, bad),
@@ -104,16 +100,43 @@ class UpdateRatio(Statistic):
         return found_record(values["first_bad"], self.names, "weight")
 
 
-def _norm(x):
-    # ||x|| as (largest |x|, ||x / largest||): two float32 numbers that do
-    # not overflow where ||x||^2 would.
+# Below this norm a float32 sum of squares may have lost entries to
+# flushing (squares under 1.2e-38 read as 0), above it no entry that
+# matters (a float32 sum of 1e12 such squares moves it by under 1e-6).
+_SMALLEST_PLAIN_NORM = 1e-10
+
+
+def _norms(step, xs):
+    """``[len(xs), 2]``: each ``||x||`` as (scale, ``||x / scale||``), two
+    float32 numbers whose product is the norm and neither of which
+    overflows or underflows where ``||x||^2`` would; the second is NaN where
+    ``x`` holds a NaN or an Inf.
+
+    Plain norms (one pass each, scale 1) when every one is finite and above
+    :data:`_SMALLEST_PLAIN_NORM`; else each taken of its vector divided by
+    its largest entry.
+    """
+    plain = keras.ops.sqrt(step.policy.sums_of_squares(xs))
+    usable = keras.ops.all(
+        keras.ops.logical_and(keras.ops.isfinite(plain), plain > _SMALLEST_PLAIN_NORM)
+    )
+    ones = keras.ops.ones_like(plain)
+    return step.cond(
+        usable,
+        lambda: keras.ops.stack([plain, ones], axis=1),
+        lambda: keras.ops.stack([_scaled_norm(x) for x in xs]),
+    )
+
+
+def _scaled_norm(x):
+    # (largest |x|, ||x / largest||); an Inf entry gives Inf * 0: NaN.
     scale = keras.ops.max(keras.ops.abs(x))
     inverse = keras.ops.where(scale == 0, 0.0, 1.0 / scale)
     return keras.ops.stack([scale, keras.ops.sqrt(keras.ops.sum(keras.ops.square(x * inverse)))])
 
 
 def _ratio(moved, size):
-    # ||moved|| / ||size|| from _norm's pairs ([layers, 2]). A kernel that
+    # ||moved|| / ||size|| from _norms' pairs ([layers, 2]). A kernel that
     # did not move has ratio 0, even when it is all zeros; a zero kernel
     # that moved has ratio inf; NaN (a weight turned NaN) stays NaN.
     scale = moved[:, 0] / size[:, 0]

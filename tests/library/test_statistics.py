@@ -123,6 +123,24 @@ def test_update_ratio_of_huge_zero_and_nan_weights(mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("scale", [1.0, 1e-18])
+def test_update_ratio_of_ordinary_and_tiny_weights(mode, scale):
+    # Weights near 1 take every norm in one pass; near 1e-18 their squares
+    # flush to zero in float32, and every norm is taken scaled instead.
+    rng = np.random.default_rng(3)
+    start = [(rng.normal(size=s) * scale).astype("float32") for s in [(5, 4), (3,)]]
+    moves = [(rng.normal(size=w.shape) * scale * 1e-3).astype("float32") for w in start]
+    kernels = [keras.Variable(w) for w in start]
+    collector = _collector(kernels, mode, (UpdateRatio,))
+    _stepper(collector, kernels, mode)([tf.zeros_like(k) for k in kernels], moves)
+    values = collector.epoch(histograms=False).values
+    for i, (w, m) in enumerate(zip(start, moves)):
+        delta = ((w + m) - w).astype(np.float64)  # the move float32 weights made
+        expected = np.linalg.norm(delta) / np.linalg.norm(w.astype(np.float64))
+        np.testing.assert_allclose(values[f"update_ratio/k{i}"], expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_update_ratio_and_clipping_on_the_diagnostics_steps_only(mode):
     rng = np.random.default_rng(2)
     kernels = [keras.Variable(np.ones((4, 3), "float32"))]
