@@ -124,6 +124,20 @@ class ExecutionPolicy:
             return 2.0 * tf.stack([tf.nn.l2_loss(x) for x in xs])
         return keras.ops.stack([keras.ops.sum(keras.ops.square(x)) for x in xs])
 
+    @property
+    def has_bucket_counts(self) -> bool:
+        """Whether :meth:`bucket_counts` has an op: TensorFlow's
+        ``HistogramFixedWidth``, which XLA does not compile."""
+        return ON_TENSORFLOW and not self.xla
+
+    def bucket_counts(self, x, lo, hi, bucket_count: int):
+        """The counts of ``x``'s entries in ``bucket_count`` equal buckets
+        from ``lo`` to ``hi``, the last closed, in one op (where
+        :attr:`has_bucket_counts`). Every entry finite and ``lo < hi``: the
+        op has no bucket for a NaN."""
+        counts = tf.histogram_fixed_width(x, tf.stack([lo, hi]), nbins=bucket_count)
+        return tf.cast(counts, x.dtype)
+
     def applied(self, gradients) -> tuple[list, list]:
         """The gradients as the statistics take them, and for each the number
         of zero entries of its variable it leaves out.

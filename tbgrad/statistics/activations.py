@@ -19,7 +19,7 @@ import numpy as np
 from tbgrad import _compat, tags
 from tbgrad import step as _step
 from tbgrad.statistics.base import ANY, LAST, Family, Statistic
-from tbgrad.statistics.buckets import step_buckets, to_buckets
+from tbgrad.statistics.buckets import float32_buckets, to_buckets
 
 TANH, SIGMOID, RELU = "tanh", "sigmoid", "relu"
 # A tanh unit is saturated beyond |a| > 0.97 (Karpathy, "makemore" part 3):
@@ -303,7 +303,7 @@ class ActivationHistogram(_ActivationStatistic):
         if step.activations is None:
             return {}
         k = self.setup.bucket_count
-        rows = [step_buckets(a, k, "float32") for a in step.activations]
+        rows = [float32_buckets(step, a, k) for a in step.activations]
         return {"buckets": keras.ops.stack(rows), "steps": keras.ops.ones([], _step.WIDE_INT)}
 
     def result(self, values, epoch):

@@ -68,6 +68,27 @@ def step_buckets(x, bucket_count: int, dtype=None, zeros=0):
     return keras.ops.concatenate([keras.ops.stack([lo, hi]), counts], axis=0)
 
 
+def float32_buckets(step, x, bucket_count: int):
+    """:func:`step_buckets` of ``x`` in float32, in a few passes where the
+    backend has a histogram op (:meth:`ExecutionPolicy.bucket_counts`): its
+    minimum, maximum and sum, and the op where the sum is finite (no NaN or
+    Inf) and the entries differ; the full form otherwise. The two may put an
+    entry on a bucket's edge in either bucket (float32 either way)."""
+    x = keras.ops.reshape(keras.ops.cast(x, "float32"), [-1])
+    if not step.policy.has_bucket_counts:
+        return step_buckets(x, bucket_count, "float32")
+    lo, hi = keras.ops.min(x), keras.ops.max(x)
+    # The op only where it is defined: a NaN entry, or lo == hi (a zero
+    # bucket width), would give it no bucket to count in.
+    plain = keras.ops.logical_and(keras.ops.isfinite(keras.ops.sum(x)), lo < hi)
+
+    def counted():
+        counts = step.policy.bucket_counts(x, lo, hi, bucket_count)
+        return keras.ops.concatenate([keras.ops.stack([lo, hi]), counts], axis=0)
+
+    return step.cond(plain, counted, lambda: step_buckets(x, bucket_count, "float32"))
+
+
 def to_buckets(row, bucket_count: int) -> np.ndarray:
     """The ``[bucket_count, 3]`` histogram of a :func:`step_buckets` row."""
     row = np.asarray(row, np.float64)

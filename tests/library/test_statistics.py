@@ -195,6 +195,41 @@ def test_activation_health_dead_units_are_decided_per_epoch(mode):
     assert layer.activation is keras.activations.relu
 
 
+@pytest.mark.parametrize("mode", ["branch", "xla"])
+@pytest.mark.parametrize("case", ["ordinary", "nan", "constant"])
+def test_activation_histogram_against_numpy(mode, case):
+    from tbgrad.statistics.activations import ActivationHistogram
+
+    # Outputs tanh of the inputs (identity kernel): the histogram op
+    # without XLA, the full form under XLA, and the full form where an
+    # output is NaN or all are equal.
+    layer = keras.layers.Dense(4, "tanh", use_bias=False, kernel_initializer="identity")
+    layer.build((None, 4))
+    watched = (ActivationLayer("k0", layer, "tanh", 4),)
+    collector = _collector([layer.kernel], mode, (ActivationHistogram,), activations=watched)
+    collector.attach()
+    x = np.random.default_rng(4).normal(size=(50, 4)).astype("float32")
+    if case == "nan":
+        x[3, 1] = np.nan
+    if case == "constant":
+        x[:] = 0.5
+
+    def step(x):
+        layer(x, training=True)
+        collector.update([tf.zeros((4, 4))], [layer.kernel])
+        collector.end_update()
+
+    tf.function(step, jit_compile=mode == "xla")(tf.constant(x))
+    got = collector.epoch(histograms=True).values["activations/k0"]
+    collector.detach()
+    outputs = np.asarray(layer(tf.constant(x)))  # TensorFlow's tanh
+    want = histogram_buckets(outputs)
+    np.testing.assert_allclose(got[:, :2], want[:, :2], rtol=1e-6)
+    # An entry on a bucket's edge may fall on either side in float32.
+    assert got[:, 2].sum() == want[:, 2].sum() == np.isfinite(outputs).sum()
+    np.testing.assert_allclose(got[:, 2], want[:, 2], atol=1)
+
+
 class GradientMax(Statistic):
     """A statistic of one's own: the largest |g| of each layer in the epoch."""
 
