@@ -101,8 +101,8 @@ class UpdateRatio(Statistic):
 
 
 # Below this norm a float32 sum of squares may have lost entries to
-# flushing (squares under 1.2e-38 read as 0), above it no entry that
-# matters (a float32 sum of 1e12 such squares moves it by under 1e-6).
+# flushing (squares under 1.2e-38 read as 0); above it, even 1e12 such
+# entries would be about a millionth of the sum (1.2e-26 of at least 1e-20).
 _SMALLEST_PLAIN_NORM = 1e-10
 
 
