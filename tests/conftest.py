@@ -13,6 +13,17 @@ import tensorflow as tf  # noqa: E402
 
 import tbgrad  # noqa: E402
 
+# The six weight matrices of a KerasHub GPT-2 block, in model order (below
+# ``transformer_layer_<i>/``).
+GPT2_BLOCK_MATRICES = (
+    "self_attention/query",
+    "self_attention/key",
+    "self_attention/value",
+    "self_attention/attention_output",
+    "feedforward_intermediate_dense",
+    "feedforward_output_dense",
+)
+
 
 @pytest.fixture(scope="session")
 def circles():

@@ -28,6 +28,7 @@ import keras
 import keras_hub
 import numpy as np
 import pytest
+from conftest import GPT2_BLOCK_MATRICES
 from numpy.testing import assert_allclose
 from test_dashboard import CHROMIUM, FRAME, PLUGIN, get, query, tensorboard
 
@@ -48,14 +49,7 @@ from tbgrad.eventlog import load_run
 
 BLOCKS = 12
 EPOCHS = 2
-BLOCK_MATRICES = [
-    "self_attention/query",
-    "self_attention/key",
-    "self_attention/value",
-    "self_attention/attention_output",
-    "feedforward_intermediate_dense",
-    "feedforward_output_dense",
-]
+BLOCK_MATRICES = list(GPT2_BLOCK_MATRICES)
 # The GPT-2's rows as the tab shows them: model order, but the tied token
 # embedding (the head, first in model order) at the bottom.
 GPT2_ROWS = [

@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import GPT2_BLOCK_MATRICES
 from keras import ops
 
 import tbgrad
@@ -25,14 +26,7 @@ from tbgrad.verdict import (
     verdict_of,
 )
 
-KINDS = (
-    "self_attention/query",
-    "self_attention/key",
-    "self_attention/value",
-    "self_attention/attention_output",
-    "feedforward_intermediate_dense",
-    "feedforward_output_dense",
-)
+KINDS = GPT2_BLOCK_MATRICES
 # The levels of a healthy 12-block GPT-2 (docs/verdict.md): attention's
 # query and key get about a hundredth of the other matrices' mean |g|.
 LEVEL = {kind: 1e-6 if kind.endswith(("query", "key")) else 1e-4 for kind in KINDS}
